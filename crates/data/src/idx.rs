@@ -1,0 +1,217 @@
+//! The IDX format of the MNIST files (gzipped or raw): a big-endian header of magic number and
+//! dimensions, then unsigned bytes. Every size the header claims is checked against the bytes
+//! actually present before anything that large is kept, so a corrupt header fails at once.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use flate2::read::GzDecoder;
+
+use crate::DataError;
+
+const IMAGES_MAGIC: u32 = 0x0000_0803;
+const LABELS_MAGIC: u32 = 0x0000_0801;
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// The images of one IDX file: `count` images of `rows × cols` bytes, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Images {
+    pub count: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub pixels: Vec<u8>,
+}
+
+/// Reads an `idx3-ubyte` image file.
+pub fn read_images(path: &Path) -> Result<Images, DataError> {
+    let mut reader = open(path)?;
+    let header = read_header(&mut reader, path, IMAGES_MAGIC, "images", 3)?;
+    let [count, rows, cols] = [header[0], header[1], header[2]];
+    let len = u64::from(count) * u64::from(rows) * u64::from(cols);
+    let pixels = read_body(&mut reader, path, len, "images")?;
+    Ok(Images { count: count as usize, rows: rows as usize, cols: cols as usize, pixels })
+}
+
+/// Reads an `idx1-ubyte` label file.
+pub fn read_labels(path: &Path) -> Result<Vec<u8>, DataError> {
+    let mut reader = open(path)?;
+    let header = read_header(&mut reader, path, LABELS_MAGIC, "labels", 1)?;
+    read_body(&mut reader, path, u64::from(header[0]), "labels")
+}
+
+fn open(path: &Path) -> Result<Box<dyn Read>, DataError> {
+    let io = |source| DataError::Io { path: path.into(), source };
+    let mut file = BufReader::new(File::open(path).map_err(io)?);
+    let mut magic = [0u8; 2];
+    let gzipped = matches!(read_up_to(&mut file, &mut magic), Ok(2) if magic == GZIP_MAGIC);
+    // Re-open rather than seek: the two peeked bytes go back in front either way.
+    let file = BufReader::new(File::open(path).map_err(io)?);
+    Ok(if gzipped { Box::new(BufReader::new(GzDecoder::new(file))) } else { Box::new(file) })
+}
+
+fn read_header(
+    reader: &mut dyn Read,
+    path: &Path,
+    expected_magic: u32,
+    kind: &'static str,
+    dims: usize,
+) -> Result<Vec<u32>, DataError> {
+    let mut bytes = vec![0u8; 4 * (dims + 1)];
+    let found = read_up_to(reader, &mut bytes).map_err(|source| io_error(path, source))?;
+    if found < 4 {
+        return Err(truncated(path, "header", 4 * (dims + 1), found));
+    }
+    let words: Vec<u32> =
+        bytes.chunks_exact(4).map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]])).collect();
+    if words[0] != expected_magic {
+        return Err(DataError::BadMagic { path: path.into(), kind, found: words[0], expected: expected_magic });
+    }
+    if found < bytes.len() {
+        return Err(truncated(path, "header", bytes.len(), found));
+    }
+    Ok(words[1..].to_vec())
+}
+
+/// Reads exactly `len` bytes and checks that nothing follows. The buffer grows with the bytes
+/// that really arrive, never with what the header claims.
+fn read_body(reader: &mut dyn Read, path: &Path, len: u64, what: &'static str) -> Result<Vec<u8>, DataError> {
+    let mut body = Vec::new();
+    reader.take(len).read_to_end(&mut body).map_err(|source| io_error(path, source))?;
+    if (body.len() as u64) < len {
+        return Err(DataError::Truncated { path: path.into(), what, expected: len, found: body.len() as u64 });
+    }
+    let mut rest = Vec::new();
+    let extra = reader.take(1 << 20).read_to_end(&mut rest).map_err(|source| io_error(path, source))?;
+    if extra > 0 {
+        return Err(DataError::TrailingBytes { path: path.into(), extra: extra as u64 });
+    }
+    Ok(body)
+}
+
+/// Like `read_exact`, but reports how many bytes there were instead of failing.
+fn read_up_to(reader: &mut dyn Read, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> DataError {
+    DataError::Io { path: PathBuf::from(path), source }
+}
+
+fn truncated(path: &Path, what: &'static str, expected: usize, found: usize) -> DataError {
+    DataError::Truncated { path: path.into(), what, expected: expected as u64, found: found as u64 }
+}
+
+/// Encodes images or labels as IDX bytes: the inverse of the reader, for tests and tools.
+pub fn encode(magic_dims: &[u32], body: &[u8]) -> Vec<u8> {
+    let magic = if magic_dims.len() == 3 { IMAGES_MAGIC } else { LABELS_MAGIC };
+    let mut bytes: Vec<u8> = std::iter::once(magic).chain(magic_dims.iter().copied()).flat_map(u32::to_be_bytes).collect();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn two_images() -> Vec<u8> {
+        encode(&[2, 2, 3], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
+    }
+
+    #[test]
+    fn reads_raw_and_gzipped_images_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = read_images(&write(dir.path(), "raw", &two_images())).unwrap();
+        let gz = read_images(&write(dir.path(), "gz", &gzip(&two_images()))).unwrap();
+        assert_eq!(raw, gz);
+        assert_eq!((raw.count, raw.rows, raw.cols), (2, 2, 3));
+        assert_eq!(raw.pixels[11], 11);
+    }
+
+    #[test]
+    fn reads_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "labels", &gzip(&encode(&[3], &[7, 0, 9])));
+        assert_eq!(read_labels(&path).unwrap(), vec![7, 0, 9]);
+    }
+
+    #[test]
+    fn a_label_file_is_not_an_image_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "labels", &encode(&[3], &[7, 0, 9]));
+        let error = read_images(&path).unwrap_err();
+        assert!(matches!(error, DataError::BadMagic { found: 0x801, .. }), "{error}");
+        assert!(error.to_string().contains("labels"), "the message names the file: {error}");
+    }
+
+    #[test]
+    fn a_short_header_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "short", &two_images()[..10]);
+        assert!(matches!(read_images(&path), Err(DataError::Truncated { what: "header", .. })));
+        let empty = write(dir.path(), "empty", &[]);
+        assert!(matches!(read_labels(&empty), Err(DataError::Truncated { what: "header", .. })));
+    }
+
+    #[test]
+    fn a_short_body_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = two_images();
+        let path = write(dir.path(), "short", &gzip(&bytes[..bytes.len() - 1]));
+        let error = read_images(&path).unwrap_err();
+        assert!(matches!(error, DataError::Truncated { expected: 12, found: 11, .. }), "{error}");
+    }
+
+    #[test]
+    fn a_huge_claimed_count_fails_without_allocating_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "huge", &encode(&[u32::MAX, 28, 28], &[0; 784]));
+        let error = read_images(&path).unwrap_err();
+        assert!(matches!(error, DataError::Truncated { found: 784, .. }), "{error}");
+    }
+
+    #[test]
+    fn bytes_after_the_last_item_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "long", &encode(&[2], &[1, 2, 3]));
+        assert!(matches!(read_labels(&path), Err(DataError::TrailingBytes { extra: 1, .. })));
+    }
+
+    #[test]
+    fn a_corrupt_gzip_stream_is_an_io_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = gzip(&two_images());
+        let middle = bytes.len() / 2;
+        bytes[middle..].iter_mut().for_each(|b| *b ^= 0xa5);
+        let path = write(dir.path(), "corrupt.gz", &bytes);
+        let error = read_images(&path).unwrap_err();
+        assert!(error.to_string().contains("corrupt.gz"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_file_names_the_path() {
+        let error = read_labels(Path::new("/nonexistent/labels-idx1-ubyte")).unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/labels-idx1-ubyte"), "{error}");
+    }
+}

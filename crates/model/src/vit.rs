@@ -1,0 +1,171 @@
+//! The network: patch embedding, class token, learned positions, pre-norm encoder blocks and an
+//! MLP head on the class token, as in the PyTorch MNIST tutorial.
+
+use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
+use burn::module::Param;
+use burn::nn::transformer::{PositionWiseFeedForward, PositionWiseFeedForwardConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, Gelu, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+};
+use burn::prelude::*;
+
+use crate::{ConfigError, VitConfig};
+
+/// A Vision Transformer classifier. Build it with [`VitConfig::init`].
+#[derive(Module, Debug)]
+pub struct Vit {
+    patch_embedding: Linear,
+    class_token: Param<Tensor<3>>,
+    position_embedding: Param<Tensor<3>>,
+    embedding_dropout: Dropout,
+    blocks: Vec<EncoderBlock>,
+    head: MlpHead,
+    patch_size: usize,
+}
+
+/// `x = x + attention(norm(x)); x = x + mlp(norm(x))`.
+#[derive(Module, Debug)]
+struct EncoderBlock {
+    attention_norm: LayerNorm,
+    attention: MultiHeadAttention,
+    mlp_norm: LayerNorm,
+    mlp: PositionWiseFeedForward,
+}
+
+/// The tutorial's head: Linear → GELU → Linear on the class token.
+#[derive(Module, Debug)]
+struct MlpHead {
+    hidden: Linear,
+    activation: Gelu,
+    output: Linear,
+}
+
+impl VitConfig {
+    /// Validates the config and builds a freshly initialised network on `device`.
+    pub fn init(&self, device: &Device) -> Result<Vit, ConfigError> {
+        self.validate()?;
+        // The tutorial initialises both embeddings with `torch.randn`.
+        let standard_normal = Initializer::Normal { mean: 0.0, std: 1.0 };
+        let tokens = self.num_patches() + 1;
+        let block = || EncoderBlock {
+            attention_norm: LayerNormConfig::new(self.dim).init(device),
+            // No bias on q, k, v: the tutorial's `to_qkv` has none; the output projection has one.
+            attention: MultiHeadAttentionConfig::new(self.dim, self.heads)
+                .with_dropout(self.dropout)
+                .with_query_bias(false)
+                .with_key_bias(false)
+                .with_value_bias(false)
+                .init(device),
+            mlp_norm: LayerNormConfig::new(self.dim).init(device),
+            mlp: PositionWiseFeedForwardConfig::new(self.dim, self.mlp_dim)
+                .with_dropout(self.dropout)
+                .init(device),
+        };
+        Ok(Vit {
+            patch_embedding: LinearConfig::new(self.patch_values(), self.dim).init(device),
+            class_token: standard_normal.init([1, 1, self.dim], device),
+            position_embedding: standard_normal.init([1, tokens, self.dim], device),
+            embedding_dropout: DropoutConfig::new(self.dropout).init(),
+            blocks: (0..self.depth).map(|_| block()).collect(),
+            head: MlpHead {
+                hidden: LinearConfig::new(self.dim, self.mlp_dim).init(device),
+                activation: Gelu::new(),
+                output: LinearConfig::new(self.mlp_dim, self.num_classes).init(device),
+            },
+            patch_size: self.patch_size,
+        })
+    }
+}
+
+impl Vit {
+    /// Class logits `[batch, classes]` for images `[batch, channels, height, width]` whose
+    /// sides are the configured image size (normalised as in training).
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let [batch, channels, height, width] = images.dims();
+        let patch = self.patch_size;
+        let (rows, cols) = (height / patch, width / patch);
+        // Cut into patches flattened as (row in patch, column in patch, channel), the layout of
+        // the tutorial's `rearrange('b c (h p1) (w p2) -> b (h w) (p1 p2 c)')`.
+        let patches = images
+            .reshape([batch, channels, rows, patch, cols, patch])
+            .permute([0, 2, 4, 3, 5, 1])
+            .reshape([batch, rows * cols, patch * patch * channels]); // [batch, 16, 49]
+        let tokens = self.patch_embedding.forward(patches); // [batch, 16, dim]
+        let [_, _, dim] = tokens.dims();
+
+        let class_token = self.class_token.val().repeat_dim(0, batch); // [batch, 1, dim]
+        let x = Tensor::cat(vec![class_token, tokens], 1) + self.position_embedding.val();
+        let mut x = self.embedding_dropout.forward(x); // [batch, 17, dim]
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+
+        let class_output = x.narrow(1, 0, 1).reshape([batch, dim]); // [batch, dim]
+        self.head.forward(class_output) // [batch, classes]
+    }
+
+    /// Class probabilities `[batch, classes]`: the softmax of [`Vit::forward`].
+    pub fn predict(&self, images: Tensor<4>) -> Tensor<2> {
+        burn::tensor::activation::softmax(self.forward(images), 1)
+    }
+}
+
+impl EncoderBlock {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let normed = self.attention_norm.forward(x.clone());
+        let x = x + self.attention.forward(MhaInput::self_attn(normed)).context;
+        let normed = self.mlp_norm.forward(x.clone());
+        x + self.mlp.forward(normed)
+    }
+}
+
+impl MlpHead {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.output.forward(self.activation.forward(self.hidden.forward(x)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logits_have_one_row_per_image_and_one_column_per_class() {
+        let device = Device::flex();
+        let model = VitConfig::tutorial().init(&device).unwrap();
+        let logits = model.forward(Tensor::zeros([3, 1, 28, 28], &device));
+        assert_eq!(logits.dims(), [3, 10]);
+    }
+
+    #[test]
+    fn other_shapes_follow_the_config() {
+        let device = Device::flex();
+        let config = VitConfig {
+            image_size: 12,
+            channels: 3,
+            patch_size: 4,
+            dim: 24,
+            depth: 2,
+            heads: 3,
+            mlp_dim: 32,
+            num_classes: 5,
+            dropout: 0.1,
+        };
+        let model = config.init(&device).unwrap();
+        let logits = model.forward(Tensor::ones([2, 3, 12, 12], &device));
+        assert_eq!(logits.dims(), [2, 5]);
+    }
+
+    /// The tutorial's PyTorch model has 213,642 parameters; ours has the same layers.
+    #[test]
+    fn tutorial_parameter_count_matches_pytorch() {
+        let model = VitConfig::tutorial().init(&Device::flex()).unwrap();
+        assert_eq!(model.num_params(), 213_642);
+    }
+
+    #[test]
+    fn invalid_config_is_an_error_not_a_panic() {
+        let config = VitConfig { heads: 7, ..VitConfig::tutorial() };
+        assert!(config.init(&Device::flex()).is_err());
+    }
+}

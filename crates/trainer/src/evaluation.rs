@@ -1,0 +1,95 @@
+//! Accuracy, loss, per-class accuracy and the confusion matrix of a model on a dataset.
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::Dataset;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use vit_data::{MnistBatcher, MnistDataset};
+use vit_model::Vit;
+
+const CLASSES: usize = 10;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub images: usize,
+    /// Percentage of images whose predicted class is the label.
+    pub accuracy: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Accuracy (%) of each digit 0-9.
+    pub per_class_accuracy: Vec<f64>,
+    /// `confusion[label][predicted]` counts.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// Runs `model` over every image of `dataset` in batches of `batch_size`.
+pub fn evaluate(model: &Vit, dataset: &MnistDataset, batch_size: usize, device: &Device) -> Evaluation {
+    let mut confusion = vec![vec![0u64; CLASSES]; CLASSES];
+    let mut loss_sum = 0.0;
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let indices: Vec<usize> = (0..dataset.len()).collect();
+    for chunk in indices.chunks(batch_size) {
+        let items = chunk.iter().map(|&i| dataset.get(i).expect("in-memory dataset")).collect();
+        let batch = MnistBatcher.batch(items, device);
+        let logits = model.forward(batch.images);
+        let loss = loss_fn.forward(logits.clone(), batch.targets.clone());
+        loss_sum += f64::from(loss.into_scalar::<f32>()) * chunk.len() as f64;
+        let predicted = logits.argmax(1).into_data().convert::<i64>().try_to_vec::<i64>().expect("int data");
+        let labels = batch.targets.into_data().convert::<i64>().try_to_vec::<i64>().expect("int data");
+        for (label, guess) in labels.iter().zip(&predicted) {
+            confusion[*label as usize][*guess as usize] += 1;
+        }
+    }
+    summarise(confusion, loss_sum)
+}
+
+fn summarise(confusion: Vec<Vec<u64>>, loss_sum: f64) -> Evaluation {
+    let images: u64 = confusion.iter().flatten().sum();
+    let correct: u64 = (0..CLASSES).map(|c| confusion[c][c]).sum();
+    let per_class_accuracy = (0..CLASSES)
+        .map(|c| {
+            let total: u64 = confusion[c].iter().sum();
+            if total == 0 { 0.0 } else { 100.0 * confusion[c][c] as f64 / total as f64 }
+        })
+        .collect();
+    Evaluation {
+        images: images as usize,
+        accuracy: 100.0 * correct as f64 / images.max(1) as f64,
+        loss: loss_sum / images.max(1) as f64,
+        per_class_accuracy,
+        confusion,
+    }
+}
+
+impl std::fmt::Display for Evaluation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} images: accuracy {:.2} %, loss {:.4}", self.images, self.accuracy, self.loss)?;
+        writeln!(f, "per class (%): {}", self.per_class_accuracy.iter().enumerate().map(|(c, a)| format!("{c}:{a:.1}")).collect::<Vec<_>>().join(" "))?;
+        writeln!(f, "confusion (rows: label, columns: predicted):")?;
+        for (label, row) in self.confusion.iter().enumerate() {
+            let cells: Vec<String> = row.iter().map(|n| format!("{n:>5}")).collect();
+            writeln!(f, "  {label} {}", cells.join(""))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_counts_per_class_and_overall() {
+        let mut confusion = vec![vec![0; CLASSES]; CLASSES];
+        confusion[0][0] = 3;
+        confusion[0][6] = 1;
+        confusion[1][1] = 4;
+        let evaluation = summarise(confusion, 1.6);
+        assert_eq!(evaluation.images, 8);
+        assert_eq!(evaluation.accuracy, 87.5);
+        assert_eq!(evaluation.per_class_accuracy[0], 75.0);
+        assert_eq!(evaluation.per_class_accuracy[1], 100.0);
+        assert!((evaluation.loss - 0.2).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,104 @@
+//! `infer`: the predicted digit and class probabilities for image files or an IDX file.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use burn::prelude::*;
+use vit_data::{IMAGE_SIDE, idx, image_file_to_mnist, normalise};
+use vit_model::Vit;
+
+const PNG_MAGIC: &[u8] = b"\x89PNG";
+const JPEG_MAGIC: &[u8] = b"\xff\xd8\xff";
+
+/// One input image, named for the output.
+pub struct Input {
+    pub name: String,
+    pub pixels: [u8; IMAGE_SIDE * IMAGE_SIDE],
+}
+
+/// Reads PNG / JPEG files (any size) and IDX image files (every image in them, up to `limit`).
+pub fn read_inputs(paths: &[PathBuf], limit: usize) -> anyhow::Result<Vec<Input>> {
+    let mut inputs = Vec::new();
+    for path in paths {
+        if is_picture(path)? {
+            let pixels = image_file_to_mnist(path)?;
+            inputs.push(Input { name: path.display().to_string(), pixels });
+            continue;
+        }
+        let images = idx::read_images(path)
+            .with_context(|| format!("{} is neither a PNG/JPEG image nor an IDX image file", path.display()))?;
+        anyhow::ensure!(
+            (images.rows, images.cols) == (IMAGE_SIDE, IMAGE_SIDE),
+            "{}: images are {}x{}, the model reads {IMAGE_SIDE}x{IMAGE_SIDE}",
+            path.display(),
+            images.rows,
+            images.cols
+        );
+        for (i, pixels) in images.pixels.chunks_exact(IMAGE_SIDE * IMAGE_SIDE).take(limit).enumerate() {
+            let pixels = pixels.try_into().expect("chunks are one image long");
+            inputs.push(Input { name: format!("{}[{i}]", path.display()), pixels });
+        }
+    }
+    Ok(inputs)
+}
+
+fn is_picture(path: &Path) -> anyhow::Result<bool> {
+    let mut head = [0u8; 4];
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let read = file.read(&mut head).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(head[..read].starts_with(PNG_MAGIC) || head[..read].starts_with(JPEG_MAGIC))
+}
+
+/// Class probabilities `[inputs, classes]` as rows of plain numbers.
+pub fn predict(model: &Vit, inputs: &[Input], device: &Device) -> Vec<Vec<f32>> {
+    let values: Vec<f32> = inputs.iter().flat_map(|input| input.pixels.map(normalise)).collect();
+    let images = Tensor::from_data(TensorData::new(values, [inputs.len(), 1, IMAGE_SIDE, IMAGE_SIDE]), device);
+    let probabilities = model.predict(images);
+    let classes = probabilities.dims()[1];
+    let flat = probabilities.into_data().try_to_vec::<f32>().expect("float probabilities");
+    flat.chunks(classes).map(<[f32]>::to_vec).collect()
+}
+
+/// `name: 7 (99.81 %)  0:0.00 1:0.01 …` with the probabilities in percent.
+pub fn describe(input: &Input, probabilities: &[f32]) -> String {
+    let (digit, best) = probabilities
+        .iter()
+        .enumerate()
+        .fold((0, f32::MIN), |best, (digit, &p)| if p > best.1 { (digit, p) } else { best });
+    let all: Vec<String> = probabilities.iter().enumerate().map(|(d, p)| format!("{d}:{:.2}", 100.0 * p)).collect();
+    format!("{}: {digit} ({:.2} %)  [{}]", input.name, 100.0 * best, all.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn description_names_the_most_likely_digit() {
+        let input = Input { name: "three.png".into(), pixels: [0; 784] };
+        let mut probabilities = vec![0.01; 10];
+        probabilities[3] = 0.91;
+        let line = describe(&input, &probabilities);
+        assert!(line.starts_with("three.png: 3 (91.00 %)"), "{line}");
+    }
+
+    #[test]
+    fn idx_files_give_one_input_per_image_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("images-idx3-ubyte");
+        std::fs::write(&path, idx::encode(&[3, 28, 28], &[7; 3 * 784])).unwrap();
+        let inputs = read_inputs(&[path], 2).unwrap();
+        assert_eq!(inputs.len(), 2);
+        assert!(inputs[1].name.ends_with("images-idx3-ubyte[1]"));
+    }
+
+    #[test]
+    fn a_file_that_is_neither_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "hello, world").unwrap();
+        let error = format!("{:#}", read_inputs(&[path], 10).err().unwrap());
+        assert!(error.contains("notes.txt") && error.contains("neither"), "{error}");
+    }
+}

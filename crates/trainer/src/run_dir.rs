@@ -1,0 +1,127 @@
+//! The layout of a run directory, `artifacts/<run>/`. The model's own files are named by
+//! [`vit_model::artifact`]; this module names what the trainer adds around them. Burn's learner
+//! writes `experiment.log`, `train/` and `valid/` (per-epoch metric logs) and `checkpoint/`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use vit_model::artifact;
+
+use crate::config::TrainingConfig;
+
+/// The full training config, written before training starts.
+pub const TRAINING_CONFIG_FILE: &str = "training-config.json";
+/// The final evaluation, written when the run ends.
+pub const REPORT_FILE: &str = "report.json";
+
+/// A run directory that exists on disk.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    /// Creates `artifacts/<name>/`, refusing to reuse a directory that already holds a run.
+    pub fn create(artifacts: &Path, name: &str) -> anyhow::Result<Self> {
+        let path = artifacts.join(name);
+        if path.join(TRAINING_CONFIG_FILE).exists() || path.join(artifact::RECORD_FILE).exists() {
+            bail!("{} already holds a run; choose another name with --run", path.display());
+        }
+        std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    /// Opens a finished run: one that holds a saved model.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if !path.join(artifact::RECORD_FILE).is_file() {
+            bail!("{} is not a finished run: it has no {}", path.display(), artifact::RECORD_FILE);
+        }
+        Ok(Self { path: path.into() })
+    }
+
+    /// The most recently finished run under `artifacts`.
+    pub fn latest(artifacts: &Path) -> anyhow::Result<Self> {
+        let entries = std::fs::read_dir(artifacts)
+            .with_context(|| format!("no runs: cannot read {}", artifacts.display()))?;
+        let newest = entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path().join(artifact::RECORD_FILE))
+            .filter_map(|record| Some((record.metadata().ok()?.modified().ok()?, record)))
+            .max();
+        match newest {
+            Some((_, record)) => Self::open(record.parent().expect("a record lies in a run directory")),
+            None => bail!("no finished run in {}; train one first, or pass --run-dir", artifacts.display()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn save_config(&self, config: &TrainingConfig) -> anyhow::Result<()> {
+        self.write_json(TRAINING_CONFIG_FILE, config)
+    }
+
+    pub fn write_json(&self, name: &str, value: &impl Serialize) -> anyhow::Result<()> {
+        let json = serde_json::to_string_pretty(value)?;
+        artifact::write_atomically(&self.path.join(name), json.as_bytes())?;
+        Ok(())
+    }
+}
+
+/// A run name from the config's file name and the current UTC time, e.g.
+/// `vit-mnist-tutorial-20261128-101500`.
+pub fn default_run_name(config_path: &Path) -> String {
+    let stem = config_path.file_stem().map_or("run".into(), |s| s.to_string_lossy());
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let (year, month, day) = civil_date(seconds / 86_400);
+    let time = seconds % 86_400;
+    format!("{stem}-{year:04}{month:02}{day:02}-{:02}{:02}{:02}", time / 3600, time / 60 % 60, time % 60)
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
+fn civil_date(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_date_knows_leap_years() {
+        assert_eq!(civil_date(0), (1970, 1, 1));
+        assert_eq!(civil_date(11_016), (2000, 2, 29));
+        assert_eq!(civil_date(20_785), (2026, 11, 28));
+    }
+
+    #[test]
+    fn a_run_directory_is_never_reused() {
+        let artifacts = tempfile::tempdir().unwrap();
+        let run = RunDir::create(artifacts.path(), "a").unwrap();
+        std::fs::write(run.path().join(TRAINING_CONFIG_FILE), "{}").unwrap();
+        let error = RunDir::create(artifacts.path(), "a").unwrap_err().to_string();
+        assert!(error.contains("already holds a run"), "{error}");
+    }
+
+    #[test]
+    fn opening_an_unfinished_run_says_what_is_missing() {
+        let artifacts = tempfile::tempdir().unwrap();
+        let error = RunDir::open(artifacts.path()).unwrap_err().to_string();
+        assert!(error.contains(artifact::RECORD_FILE), "{error}");
+        let error = RunDir::latest(artifacts.path()).unwrap_err().to_string();
+        assert!(error.contains("no finished run"), "{error}");
+    }
+}

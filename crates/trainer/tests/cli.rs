@@ -1,0 +1,156 @@
+//! The trainer as a user runs it: train → eval → infer on a small synthetic MNIST, the errors a
+//! user meets, and, when the real MNIST files are present, a short run on them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use vit_data::idx::encode;
+
+const TRAINER: &str = env!("CARGO_BIN_EXE_vit-trainer");
+
+fn run(args: &[&str]) -> Output {
+    let output = Command::new(TRAINER).args(args).env_remove("MNIST_DIR").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "the trainer panicked:\n{stderr}");
+    output
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// The synthetic digit `label`: a bright bar on row 2 + 2·label, as raw 28×28 bytes.
+fn bar(label: u8) -> Vec<u8> {
+    let mut pixels = vec![0u8; 784];
+    let row = 2 + 2 * usize::from(label);
+    pixels[row * 28 + 4..row * 28 + 24].fill(255);
+    pixels
+}
+
+/// A four-file MNIST directory of bars: `train` training images, `test` test images.
+fn synthetic_mnist(dir: &Path, train: u32, test: u32) {
+    let write = |name: &str, n: u32| {
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        let pixels: Vec<u8> = labels.iter().flat_map(|&l| bar(l)).collect();
+        std::fs::write(dir.join(format!("{name}-images-idx3-ubyte")), encode(&[n, 28, 28], &pixels)).unwrap();
+        std::fs::write(dir.join(format!("{name}-labels-idx1-ubyte")), encode(&[n], &labels)).unwrap();
+    };
+    write("train", train);
+    write("t10k", test);
+}
+
+fn smoke_config(dir: &Path, valid_size: usize, epochs: usize) -> PathBuf {
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/smoke.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(configs).unwrap()).unwrap();
+    config["data"]["valid_size"] = valid_size.into();
+    config["epochs"] = epochs.into();
+    let path = dir.join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+fn report(run_dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn train_then_eval_then_infer_on_synthetic_digits() {
+    let work = tempfile::tempdir().unwrap();
+    let (data, artifacts) = (work.path().join("data"), work.path().join("artifacts"));
+    std::fs::create_dir_all(&data).unwrap();
+    synthetic_mnist(&data, 700, 100);
+    let config = smoke_config(work.path(), 100, 3);
+    let [config, data, artifacts] = [&config, &data, &artifacts].map(|p| p.to_str().unwrap().to_string());
+
+    let trained = run(&["train", "--config", &config, "--data-dir", &data, "--artifacts", &artifacts, "--run", "bars"]);
+    assert!(trained.status.success(), "{}", text(&trained));
+    let run_dir = Path::new(&artifacts).join("bars");
+    for file in ["training-config.json", "model-config.json", "model.bpk", "report.json", "checkpoint"] {
+        assert!(run_dir.join(file).exists(), "{file} missing from the run directory");
+    }
+    let report = report(&run_dir);
+    let accuracy = report["test"]["accuracy"].as_f64().unwrap();
+    assert!(accuracy > 80.0, "bars are easy to tell apart, yet test accuracy is {accuracy}");
+    assert_eq!(report["test"]["images"], 100);
+
+    let run_dir = run_dir.to_str().unwrap();
+    let evaluated = run(&["eval", "--run-dir", run_dir, "--data-dir", &data]);
+    assert!(evaluated.status.success(), "{}", text(&evaluated));
+    assert!(text(&evaluated).contains(&format!("accuracy {accuracy:.2} %")), "{}", text(&evaluated));
+
+    let png = work.path().join("seven.png");
+    image::GrayImage::from_raw(28, 28, bar(7)).unwrap().save(&png).unwrap();
+    let inferred = run(&["infer", "--run-dir", run_dir, png.to_str().unwrap()]);
+    assert!(inferred.status.success(), "{}", text(&inferred));
+    assert!(text(&inferred).contains("seven.png: 7 ("), "{}", text(&inferred));
+
+    let again = run(&["train", "--config", &config, "--data-dir", &data, "--artifacts", &artifacts, "--run", "bars"]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already holds a run"), "{}", text(&again));
+}
+
+#[test]
+fn missing_mnist_files_say_what_to_put_where() {
+    let empty = tempfile::tempdir().unwrap();
+    let config = smoke_config(empty.path(), 100, 1);
+    let artifacts = empty.path().join("artifacts");
+    let output = run(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        empty.path().to_str().unwrap(),
+        "--artifacts",
+        artifacts.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let message = text(&output);
+    assert!(message.contains("train-images-idx3-ubyte") && message.contains("MNIST_DIR"), "{message}");
+}
+
+#[test]
+fn a_broken_config_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broken.json");
+    std::fs::write(&config, "{ \"model\": ").unwrap();
+    let output = run(&["train", "--config", config.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(text(&output).contains("broken.json"), "{}", text(&output));
+}
+
+#[test]
+fn infer_without_a_model_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(&["infer", "--run-dir", dir.path().to_str().unwrap(), "x.png"]);
+    assert!(!output.status.success());
+    assert!(text(&output).contains("model.bpk"), "{}", text(&output));
+}
+
+/// The real thing, when the MNIST files are at `../shared/data/mnist` or `$MNIST_DIR`.
+#[test]
+fn a_short_run_on_real_mnist_learns() {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
+    let dir = std::env::var_os("MNIST_DIR").map(PathBuf::from).unwrap_or(shared);
+    if !dir.join("train-images-idx3-ubyte.gz").exists() {
+        eprintln!("skipping: no MNIST files in {}", dir.display());
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/smoke.json");
+    let artifacts = work.path().join("artifacts");
+    let output = run(&[
+        "train",
+        "--config",
+        configs.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--artifacts",
+        artifacts.to_str().unwrap(),
+        "--run",
+        "real",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let accuracy = report(&artifacts.join("real"))["test"]["accuracy"].as_f64().unwrap();
+    // 500 images, 2 epochs of a small ViT: far from converged, far above chance (10 %).
+    assert!(accuracy > 40.0, "test accuracy {accuracy}");
+}
