@@ -3,8 +3,11 @@
 //! - `train [--backend B] [trainer args…]`: train (default config: the tutorial preset)
 //! - `eval  [--backend B] [trainer args…]`: evaluate a run on the test set
 //! - `infer [--backend B] [trainer args…]`: predict digits of image files
+//! - `augment-preview [trainer args…]`: a PNG grid of augmented training images
 //!
-//! Each builds and runs the trainer with exactly one backend's cargo feature, so the binary
+//! - `bench [criterion args…]`: the data pipeline against a training step (criterion, flex)
+//!
+//! Each trainer command builds and runs the trainer with exactly one backend's cargo feature, so the binary
 //! holds one backend only; the terminal is passed through so the training dashboard works.
 
 use std::process::{Command, ExitCode};
@@ -13,7 +16,7 @@ use std::process::{Command, ExitCode};
 const BACKENDS: [&str; 4] = ["flex", "ndarray", "wgpu", "tch"];
 /// The faster CPU backend on the reference machine (README, "Backends").
 const DEFAULT_BACKEND: &str = "flex";
-const TRAINER_COMMANDS: [&str; 3] = ["train", "eval", "infer"];
+const TRAINER_COMMANDS: [&str; 4] = ["train", "eval", "infer", "augment-preview"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,16 +33,36 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     let Some((command, rest)) = args.split_first() else {
         return Err(usage());
     };
+    if command == "bench" {
+        return bench(rest);
+    }
     if !TRAINER_COMMANDS.contains(&command.as_str()) {
         return Err(format!("unknown command `{command}`\n{}", usage()));
     }
     let (backend, trainer_args) = take_backend(rest)?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["run", "--quiet", "--package", "vit-trainer", "--no-default-features", "--features", &backend])
-        .arg("--")
-        .arg(command)
-        .args(trainer_args)
+    let mut cargo = cargo(&["run", "--quiet", "--package", "vit-trainer"]);
+    cargo.args(["--no-default-features", "--features", &backend]);
+    cargo.arg("--").arg(command).args(trainer_args);
+    exit_code(&mut cargo)
+}
+
+/// Criterion benches, in the dev profile whose optimised Burn the tests already built.
+fn bench(criterion_args: &[String]) -> Result<ExitCode, String> {
+    let packages = ["--package", "vit-data", "--package", "vit-model"];
+    let mut cargo = cargo(&["bench", "--profile", "dev"]);
+    cargo.args(packages).arg("--").args(criterion_args);
+    exit_code(&mut cargo)
+}
+
+fn cargo(args: &[&str]) -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.args(args);
+    command
+}
+
+/// Runs `command` with the terminal passed through and returns its exit status.
+fn exit_code(command: &mut Command) -> Result<ExitCode, String> {
+    let status = command
         .status()
         .map_err(|error| format!("cannot run cargo: {error}"))?;
     Ok(match status.code() {
@@ -64,15 +87,18 @@ fn take_backend(args: &[String]) -> Result<(String, Vec<String>), String> {
         }
     }
     if !BACKENDS.contains(&backend.as_str()) {
-        return Err(format!("unknown backend `{backend}`; choose one of {}", BACKENDS.join(", ")));
+        return Err(format!(
+            "unknown backend `{backend}`; choose one of {}",
+            BACKENDS.join(", ")
+        ));
     }
     Ok((backend, rest))
 }
 
 fn usage() -> String {
     format!(
-        "usage: cargo xtask <{}> [--backend {}] [args…]\n(default backend: {DEFAULT_BACKEND}; \
-         `cargo xtask train -- --help` lists the trainer's arguments)",
+        "usage: cargo xtask <{}> [--backend {}] [args…]\n       cargo xtask bench [criterion args…]\n\
+         (default backend: {DEFAULT_BACKEND}; `cargo xtask train --help` lists the trainer's arguments)",
         TRAINER_COMMANDS.join("|"),
         BACKENDS.join("|"),
     )
@@ -88,8 +114,12 @@ mod tests {
 
     #[test]
     fn backend_is_taken_out_and_the_rest_passed_on() {
-        let (backend, rest) = take_backend(&strings(&["--config", "c.json", "--backend", "ndarray"])).unwrap();
-        assert_eq!((backend.as_str(), rest), ("ndarray", strings(&["--config", "c.json"])));
+        let (backend, rest) =
+            take_backend(&strings(&["--config", "c.json", "--backend", "ndarray"])).unwrap();
+        assert_eq!(
+            (backend.as_str(), rest),
+            ("ndarray", strings(&["--config", "c.json"]))
+        );
         let (backend, _) = take_backend(&strings(&["--backend=tch"])).unwrap();
         assert_eq!(backend, "tch");
     }
@@ -106,7 +136,10 @@ mod tests {
     fn every_backend_is_a_trainer_feature() {
         let manifest = include_str!("../../crates/trainer/Cargo.toml");
         for backend in BACKENDS {
-            assert!(manifest.contains(&format!("\n{backend} = [")), "trainer has no `{backend}` feature");
+            assert!(
+                manifest.contains(&format!("\n{backend} = [")),
+                "trainer has no `{backend}` feature"
+            );
         }
     }
 }

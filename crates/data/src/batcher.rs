@@ -31,7 +31,10 @@ pub fn normalise(pixel: u8) -> f32 {
 impl Batcher<MnistItem, MnistBatch> for MnistBatcher {
     fn batch(&self, items: Vec<MnistItem>, device: &Device) -> MnistBatch {
         let batch = items.len();
-        let pixels: Vec<f32> = items.iter().flat_map(|item| item.pixels.map(normalise)).collect();
+        let pixels: Vec<f32> = items
+            .iter()
+            .flat_map(|item| item.pixels.map(normalise))
+            .collect();
         let targets: Vec<i64> = items.iter().map(|item| i64::from(item.label)).collect();
         MnistBatch {
             images: Tensor::from_data(
@@ -52,7 +55,13 @@ mod tests {
         let device = Device::flex();
         let mut pixels = [0u8; IMAGE_SIDE * IMAGE_SIDE];
         pixels[IMAGE_SIDE + 2] = 255; // row 1, column 2
-        let items = vec![MnistItem { pixels, label: 3 }, MnistItem { pixels: [0; 784], label: 9 }];
+        let items = vec![
+            MnistItem { pixels, label: 3 },
+            MnistItem {
+                pixels: [0; 784],
+                label: 9,
+            },
+        ];
 
         let batch = MnistBatcher.batch(items, &device);
 
@@ -64,7 +73,12 @@ mod tests {
         assert!((images[0] - black).abs() < 1e-6);
         assert!((images[IMAGE_SIDE + 2] - white).abs() < 1e-6);
         assert!((images[784 + IMAGE_SIDE + 2] - black).abs() < 1e-6);
-        let targets = batch.targets.into_data().convert::<i64>().try_to_vec::<i64>().unwrap();
+        let targets = batch
+            .targets
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .unwrap();
         assert_eq!(targets, vec![3, 9]);
     }
 }

@@ -14,11 +14,20 @@ const DIGIT_BOX: u32 = 20;
 /// Reads a PNG or JPEG file and converts it with [`image_to_mnist`].
 pub fn image_file_to_mnist(path: &Path) -> Result<[u8; IMAGE_SIDE * IMAGE_SIDE], DataError> {
     let image = image::ImageReader::open(path)
-        .map_err(|source| DataError::Io { path: path.into(), source })?
+        .map_err(|source| DataError::Io {
+            path: path.into(),
+            source,
+        })?
         .with_guessed_format()
-        .map_err(|source| DataError::Io { path: path.into(), source })?
+        .map_err(|source| DataError::Io {
+            path: path.into(),
+            source,
+        })?
         .decode()
-        .map_err(|source| DataError::Image { path: path.into(), source })?;
+        .map_err(|source| DataError::Image {
+            path: path.into(),
+            source,
+        })?;
     Ok(image_to_mnist(&image))
 }
 
@@ -35,7 +44,13 @@ pub fn image_to_mnist(image: &DynamicImage) -> [u8; IMAGE_SIDE * IMAGE_SIDE] {
     }
 
     // Ink is how far a pixel is from the background, stretched to 0..=255.
-    let ink_of = |v: u8| if light_background { background.saturating_sub(v) } else { v.saturating_sub(background) };
+    let ink_of = |v: u8| {
+        if light_background {
+            background.saturating_sub(v)
+        } else {
+            v.saturating_sub(background)
+        }
+    };
     let darkest = gray.pixels().map(|p| ink_of(p.0[0])).max().unwrap_or(0);
     if darkest == 0 {
         return [0; IMAGE_SIDE * IMAGE_SIDE];
@@ -105,7 +120,11 @@ fn centre_of_mass(image: &GrayImage) -> (f32, f32) {
 }
 
 fn to_array(image: &GrayImage) -> [u8; IMAGE_SIDE * IMAGE_SIDE] {
-    image.as_raw().as_slice().try_into().expect("a 28x28 grayscale image has 784 bytes")
+    image
+        .as_raw()
+        .as_slice()
+        .try_into()
+        .expect("a 28x28 grayscale image has 784 bytes")
 }
 
 #[cfg(test)]
@@ -114,7 +133,9 @@ mod tests {
 
     #[test]
     fn an_mnist_style_image_is_kept_as_it_is() {
-        let gray = GrayImage::from_fn(28, 28, |x, y| Luma([((x * 7 + y) % 200) as u8 * u8::from(x > 20)]));
+        let gray = GrayImage::from_fn(28, 28, |x, y| {
+            Luma([((x * 7 + y) % 200) as u8 * u8::from(x > 20)])
+        });
         let converted = image_to_mnist(&DynamicImage::ImageLuma8(gray.clone()));
         assert_eq!(converted.as_slice(), gray.as_raw().as_slice());
     }
@@ -123,7 +144,11 @@ mod tests {
     fn dark_ink_on_a_large_light_page_is_inverted_scaled_and_centred() {
         // A 300×200 white page with a black 40×100 bar near the top-left corner.
         let page = GrayImage::from_fn(300, 200, |x, y| {
-            Luma([if (10..50).contains(&x) && (20..120).contains(&y) { 0 } else { 255 }])
+            Luma([if (10..50).contains(&x) && (20..120).contains(&y) {
+                0
+            } else {
+                255
+            }])
         });
         let converted = image_to_mnist(&DynamicImage::ImageLuma8(page));
         let at = |x: usize, y: usize| converted[y * 28 + x];

@@ -39,7 +39,11 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { valid_size: 5_000, train_limit: None, eval_limit: None }
+        Self {
+            valid_size: 5_000,
+            train_limit: None,
+            eval_limit: None,
+        }
     }
 }
 
@@ -78,14 +82,25 @@ impl MnistDataset {
         let all = Self::from_files(&images, &labels)?;
         let total = all.len;
         if split != Split::Test && config.valid_size >= total {
-            return Err(DataError::SplitTooLarge { valid: config.valid_size, total });
+            return Err(DataError::SplitTooLarge {
+                valid: config.valid_size,
+                total,
+            });
         }
         let (start, len, limit) = match split {
             Split::Train => (0, total - config.valid_size, config.train_limit),
-            Split::Valid => (total - config.valid_size, config.valid_size, config.eval_limit),
+            Split::Valid => (
+                total - config.valid_size,
+                config.valid_size,
+                config.eval_limit,
+            ),
             Split::Test => (0, total, config.eval_limit),
         };
-        Ok(Self { start: all.start + start, len: limit.map_or(len, |l| l.min(len)), ..all })
+        Ok(Self {
+            start: all.start + start,
+            len: limit.map_or(len, |l| l.min(len)),
+            ..all
+        })
     }
 
     /// Reads an image file and its label file, checking that they belong together.
@@ -109,19 +124,37 @@ impl MnistDataset {
             });
         }
         if let Some((index, &label)) = labels.iter().enumerate().find(|(_, l)| **l > 9) {
-            return Err(DataError::LabelOutOfRange { path: labels_path.into(), index, label });
+            return Err(DataError::LabelOutOfRange {
+                path: labels_path.into(),
+                index,
+                label,
+            });
         }
-        Ok(Self { pixels: Arc::new(images.pixels), labels: Arc::new(labels), start: 0, len: images.count })
+        Ok(Self {
+            pixels: Arc::new(images.pixels),
+            labels: Arc::new(labels),
+            start: 0,
+            len: images.count,
+        })
     }
 }
 
 impl Dataset<MnistItem> for MnistDataset {
     /// In memory, so never an error; like slice indexing, an index past the end panics.
     fn get(&self, index: usize) -> Result<MnistItem, DatasetError> {
-        assert!(index < self.len, "index {index} out of a dataset of {}", self.len);
+        assert!(
+            index < self.len,
+            "index {index} out of a dataset of {}",
+            self.len
+        );
         let i = self.start + index;
-        let pixels = self.pixels[i * PIXELS..(i + 1) * PIXELS].try_into().expect("784 bytes");
-        Ok(MnistItem { pixels, label: self.labels[i] })
+        let pixels = self.pixels[i * PIXELS..(i + 1) * PIXELS]
+            .try_into()
+            .expect("784 bytes");
+        Ok(MnistItem {
+            pixels,
+            label: self.labels[i],
+        })
     }
 
     fn len(&self) -> usize {
@@ -132,10 +165,16 @@ impl Dataset<MnistItem> for MnistDataset {
 /// Finds each standard file in `dir`, gzipped (`NAME.gz`) or not (`NAME`).
 fn locate_files(dir: &Path) -> Result<[PathBuf; 4], DataError> {
     let found = FILES.map(|name| {
-        [dir.join(format!("{name}.gz")), dir.join(name)].into_iter().find(|path| path.is_file())
+        [dir.join(format!("{name}.gz")), dir.join(name)]
+            .into_iter()
+            .find(|path| path.is_file())
     });
-    let missing: Vec<&str> =
-        FILES.iter().zip(&found).filter(|(_, path)| path.is_none()).map(|(name, _)| *name).collect();
+    let missing: Vec<&str> = FILES
+        .iter()
+        .zip(&found)
+        .filter(|(_, path)| path.is_none())
+        .map(|(name, _)| *name)
+        .collect();
     if !missing.is_empty() {
         return Err(DataError::MissingFiles {
             dir: dir.into(),
@@ -146,12 +185,26 @@ fn locate_files(dir: &Path) -> Result<[PathBuf; 4], DataError> {
     Ok(found.map(|path| path.expect("checked above")))
 }
 
+/// Where the data directory came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataDirSource {
+    /// Named on the command line.
+    Given,
+    /// Named by `$MNIST_DIR`.
+    Environment,
+    /// Neither: the cache directory, which the program may fill by downloading.
+    Cache,
+}
+
 /// The data directory: the one given, else `$MNIST_DIR`, else [`default_data_dir`].
-pub fn resolve_data_dir(given: Option<&Path>) -> PathBuf {
-    given
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("MNIST_DIR").filter(|dir| !dir.is_empty()).map(PathBuf::from))
-        .unwrap_or_else(default_data_dir)
+pub fn resolve_data_dir(given: Option<&Path>) -> (PathBuf, DataDirSource) {
+    if let Some(dir) = given {
+        return (dir.to_path_buf(), DataDirSource::Given);
+    }
+    match std::env::var_os("MNIST_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => (PathBuf::from(dir), DataDirSource::Environment),
+        None => (default_data_dir(), DataDirSource::Cache),
+    }
 }
 
 /// `$XDG_CACHE_HOME/vit-mnist/mnist`, else `~/.cache/vit-mnist/mnist`.
@@ -172,7 +225,12 @@ mod tests {
     /// Writes a tiny MNIST directory: `train` training images (image i filled with i, label
     /// i % 10) and 3 test images.
     fn tiny_mnist(dir: &Path, train: u32) {
-        let images = |n: u32| encode(&[n, 28, 28], &(0..n).flat_map(|i| [i as u8; PIXELS]).collect::<Vec<_>>());
+        let images = |n: u32| {
+            encode(
+                &[n, 28, 28],
+                &(0..n).flat_map(|i| [i as u8; PIXELS]).collect::<Vec<_>>(),
+            )
+        };
         let labels = |n: u32| encode(&[n], &(0..n).map(|i| (i % 10) as u8).collect::<Vec<_>>());
         std::fs::write(dir.join(FILES[0]), images(train)).unwrap();
         std::fs::write(dir.join(FILES[1]), labels(train)).unwrap();
@@ -184,7 +242,10 @@ mod tests {
     fn validation_is_held_out_of_the_end_of_training() {
         let dir = tempfile::tempdir().unwrap();
         tiny_mnist(dir.path(), 12);
-        let config = DataConfig { valid_size: 4, ..DataConfig::default() };
+        let config = DataConfig {
+            valid_size: 4,
+            ..DataConfig::default()
+        };
         let train = MnistDataset::load(dir.path(), Split::Train, &config).unwrap();
         let valid = MnistDataset::load(dir.path(), Split::Valid, &config).unwrap();
         let test = MnistDataset::load(dir.path(), Split::Test, &config).unwrap();
@@ -198,10 +259,29 @@ mod tests {
     fn limits_trim_the_splits() {
         let dir = tempfile::tempdir().unwrap();
         tiny_mnist(dir.path(), 12);
-        let config = DataConfig { valid_size: 4, train_limit: Some(5), eval_limit: Some(2) };
-        assert_eq!(MnistDataset::load(dir.path(), Split::Train, &config).unwrap().len(), 5);
-        assert_eq!(MnistDataset::load(dir.path(), Split::Valid, &config).unwrap().len(), 2);
-        assert_eq!(MnistDataset::load(dir.path(), Split::Test, &config).unwrap().len(), 2);
+        let config = DataConfig {
+            valid_size: 4,
+            train_limit: Some(5),
+            eval_limit: Some(2),
+        };
+        assert_eq!(
+            MnistDataset::load(dir.path(), Split::Train, &config)
+                .unwrap()
+                .len(),
+            5
+        );
+        assert_eq!(
+            MnistDataset::load(dir.path(), Split::Valid, &config)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            MnistDataset::load(dir.path(), Split::Test, &config)
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -209,10 +289,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         tiny_mnist(dir.path(), 12);
         std::fs::remove_file(dir.path().join(FILES[3])).unwrap();
-        let error = MnistDataset::load(dir.path(), Split::Train, &DataConfig::default()).unwrap_err();
+        let error =
+            MnistDataset::load(dir.path(), Split::Train, &DataConfig::default()).unwrap_err();
         let message = error.to_string();
-        assert!(message.contains("missing t10k-labels-idx1-ubyte."), "{message}");
-        assert!(message.contains(&dir.path().display().to_string()), "{message}");
+        assert!(
+            message.contains("missing t10k-labels-idx1-ubyte."),
+            "{message}"
+        );
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
         assert!(message.contains("MNIST_DIR"), "{message}");
     }
 
@@ -221,8 +308,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         tiny_mnist(dir.path(), 12);
         std::fs::write(dir.path().join(FILES[1]), encode(&[11], &[0; 11])).unwrap();
-        let error = MnistDataset::load(dir.path(), Split::Train, &DataConfig::default()).unwrap_err();
-        assert!(matches!(error, DataError::CountMismatch { image_count: 12, label_count: 11, .. }), "{error}");
+        let error =
+            MnistDataset::load(dir.path(), Split::Train, &DataConfig::default()).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                DataError::CountMismatch {
+                    image_count: 12,
+                    label_count: 11,
+                    ..
+                }
+            ),
+            "{error}"
+        );
     }
 
     #[test]
@@ -230,8 +328,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         tiny_mnist(dir.path(), 3);
         std::fs::write(dir.path().join(FILES[3]), encode(&[3], &[1, 10, 2])).unwrap();
-        let error = MnistDataset::load(dir.path(), Split::Test, &DataConfig::default()).unwrap_err();
-        assert!(matches!(error, DataError::LabelOutOfRange { index: 1, label: 10, .. }), "{error}");
+        let error =
+            MnistDataset::load(dir.path(), Split::Test, &DataConfig::default()).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                DataError::LabelOutOfRange {
+                    index: 1,
+                    label: 10,
+                    ..
+                }
+            ),
+            "{error}"
+        );
     }
 
     #[test]
@@ -239,22 +348,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         tiny_mnist(dir.path(), 3);
         std::fs::write(dir.path().join(FILES[2]), encode(&[3, 2, 2], &[0; 12])).unwrap();
-        let error = MnistDataset::load(dir.path(), Split::Test, &DataConfig::default()).unwrap_err();
-        assert!(matches!(error, DataError::ImageSize { rows: 2, cols: 2, .. }), "{error}");
+        let error =
+            MnistDataset::load(dir.path(), Split::Test, &DataConfig::default()).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                DataError::ImageSize {
+                    rows: 2,
+                    cols: 2,
+                    ..
+                }
+            ),
+            "{error}"
+        );
     }
 
     #[test]
     fn a_validation_split_larger_than_training_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         tiny_mnist(dir.path(), 3);
-        let config = DataConfig { valid_size: 3, ..DataConfig::default() };
+        let config = DataConfig {
+            valid_size: 3,
+            ..DataConfig::default()
+        };
         let error = MnistDataset::load(dir.path(), Split::Train, &config).unwrap_err();
-        assert!(matches!(error, DataError::SplitTooLarge { valid: 3, total: 3 }), "{error}");
+        assert!(
+            matches!(error, DataError::SplitTooLarge { valid: 3, total: 3 }),
+            "{error}"
+        );
     }
 
     #[test]
     fn an_explicit_directory_wins_over_the_environment() {
         let given = Path::new("/given");
-        assert_eq!(resolve_data_dir(Some(given)), given);
+        assert_eq!(
+            resolve_data_dir(Some(given)),
+            (given.to_path_buf(), DataDirSource::Given)
+        );
     }
 }

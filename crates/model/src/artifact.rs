@@ -20,28 +20,44 @@ pub const RECORD_FILE: &str = "model.bpk";
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a valid model config: {source}")]
-    ConfigJson { path: PathBuf, source: serde_json::Error },
+    ConfigJson {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: {source}")]
     InvalidConfig { path: PathBuf, source: ConfigError },
     #[error("{path}: the weights do not fit the network of {config}: {message}")]
-    Record { path: PathBuf, config: PathBuf, message: String },
+    Record {
+        path: PathBuf,
+        config: PathBuf,
+        message: String,
+    },
 }
 
 /// Writes `model` and the `config` that built it into `dir` (created if missing).
 pub fn save(model: &Vit, config: &VitConfig, dir: &Path) -> Result<(), ArtifactError> {
-    fs::create_dir_all(dir).map_err(|source| ArtifactError::Io { path: dir.into(), source })?;
+    fs::create_dir_all(dir).map_err(|source| ArtifactError::Io {
+        path: dir.into(),
+        source,
+    })?;
     let config_path = dir.join(CONFIG_FILE);
     let json = serde_json::to_string_pretty(config).expect("a VitConfig always serialises");
     write_atomically(&config_path, json.as_bytes())?;
 
     let record_path = dir.join(RECORD_FILE);
     // Burnpack's writer already writes to a scratch file and renames it into place.
-    model.clone().save_file(&record_path).map_err(|error| ArtifactError::Io {
-        path: record_path,
-        source: std::io::Error::other(format!("{error:?}")),
-    })
+    model
+        .clone()
+        .save_file(&record_path)
+        .map_err(|error| ArtifactError::Io {
+            path: record_path,
+            source: std::io::Error::other(format!("{error:?}")),
+        })
 }
 
 /// Rebuilds the network saved in `dir` on `device`, with the config it was saved with.
@@ -50,30 +66,46 @@ pub fn load(dir: &Path, device: &Device) -> Result<(Vit, VitConfig), ArtifactErr
     let config = load_config(&config_path)?;
     let model = config
         .init(device)
-        .map_err(|source| ArtifactError::InvalidConfig { path: config_path.clone(), source })?;
+        .map_err(|source| ArtifactError::InvalidConfig {
+            path: config_path.clone(),
+            source,
+        })?;
 
     let record_path = dir.join(RECORD_FILE);
     if !record_path.is_file() {
         let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        return Err(ArtifactError::Io { path: record_path, source });
+        return Err(ArtifactError::Io {
+            path: record_path,
+            source,
+        });
     }
-    let model = model.try_load_file(&record_path).map_err(|error| ArtifactError::Record {
-        path: record_path,
-        config: config_path,
-        message: record_error_message(error),
-    })?;
+    let model = model
+        .try_load_file(&record_path)
+        .map_err(|error| ArtifactError::Record {
+            path: record_path,
+            config: config_path,
+            message: record_error_message(error),
+        })?;
     Ok((model, config))
 }
 
 /// Reads and validates a [`VitConfig`] JSON file.
 pub fn load_config(path: &Path) -> Result<VitConfig, ArtifactError> {
-    let text = fs::read_to_string(path)
-        .map_err(|source| ArtifactError::Io { path: path.into(), source })?;
-    let config: VitConfig = serde_json::from_str(&text)
-        .map_err(|source| ArtifactError::ConfigJson { path: path.into(), source })?;
+    let text = fs::read_to_string(path).map_err(|source| ArtifactError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let config: VitConfig =
+        serde_json::from_str(&text).map_err(|source| ArtifactError::ConfigJson {
+            path: path.into(),
+            source,
+        })?;
     config
         .validate()
-        .map_err(|source| ArtifactError::InvalidConfig { path: path.into(), source })?;
+        .map_err(|source| ArtifactError::InvalidConfig {
+            path: path.into(),
+            source,
+        })?;
     Ok(config)
 }
 
@@ -85,7 +117,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> 
     let temporary = PathBuf::from(temporary);
     fs::write(&temporary, bytes)
         .and_then(|()| fs::rename(&temporary, path))
-        .map_err(|source| ArtifactError::Io { path: path.into(), source })
+        .map_err(|source| ArtifactError::Io {
+            path: path.into(),
+            source,
+        })
 }
 
 fn record_error_message(error: burn::store::RecordError) -> String {
@@ -101,7 +136,10 @@ mod tests {
     use super::*;
 
     fn small_config() -> VitConfig {
-        VitConfig { depth: 2, ..VitConfig::tutorial() }
+        VitConfig {
+            depth: 2,
+            ..VitConfig::tutorial()
+        }
     }
 
     #[test]
@@ -118,7 +156,10 @@ mod tests {
         assert_eq!(loaded_config, config);
         let before = model.forward(images.clone()).into_data();
         let after = loaded.forward(images).into_data();
-        assert_eq!(before.as_slice::<f32>().unwrap(), after.as_slice::<f32>().unwrap());
+        assert_eq!(
+            before.as_slice::<f32>().unwrap(),
+            after.as_slice::<f32>().unwrap()
+        );
     }
 
     #[test]
@@ -128,18 +169,32 @@ mod tests {
         let config = small_config();
         save(&config.init(&device).unwrap(), &config, dir.path()).unwrap();
         // Same depth, wider MLP: the record's tensors no longer fit.
-        let other = VitConfig { mlp_dim: 96, ..config };
-        fs::write(dir.path().join(CONFIG_FILE), serde_json::to_string(&other).unwrap()).unwrap();
+        let other = VitConfig {
+            mlp_dim: 96,
+            ..config
+        };
+        fs::write(
+            dir.path().join(CONFIG_FILE),
+            serde_json::to_string(&other).unwrap(),
+        )
+        .unwrap();
 
         let error = load(dir.path(), &device).unwrap_err().to_string();
-        assert!(error.contains(RECORD_FILE) && error.contains("do not fit"), "{error}");
+        assert!(
+            error.contains(RECORD_FILE) && error.contains("do not fit"),
+            "{error}"
+        );
     }
 
     #[test]
     fn a_missing_record_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let config = small_config();
-        fs::write(dir.path().join(CONFIG_FILE), serde_json::to_string(&config).unwrap()).unwrap();
+        fs::write(
+            dir.path().join(CONFIG_FILE),
+            serde_json::to_string(&config).unwrap(),
+        )
+        .unwrap();
         let error = load(dir.path(), &Device::flex()).unwrap_err().to_string();
         assert!(error.contains(RECORD_FILE), "{error}");
     }
@@ -147,9 +202,19 @@ mod tests {
     #[test]
     fn an_invalid_config_file_names_the_file_and_the_value() {
         let dir = tempfile::tempdir().unwrap();
-        let config = VitConfig { patch_size: 5, ..small_config() };
-        fs::write(dir.path().join(CONFIG_FILE), serde_json::to_string(&config).unwrap()).unwrap();
+        let config = VitConfig {
+            patch_size: 5,
+            ..small_config()
+        };
+        fs::write(
+            dir.path().join(CONFIG_FILE),
+            serde_json::to_string(&config).unwrap(),
+        )
+        .unwrap();
         let error = load(dir.path(), &Device::flex()).unwrap_err().to_string();
-        assert!(error.contains(CONFIG_FILE) && error.contains("patch_size 5"), "{error}");
+        assert!(
+            error.contains(CONFIG_FILE) && error.contains("patch_size 5"),
+            "{error}"
+        );
     }
 }

@@ -34,7 +34,10 @@ pub enum ConfigError {
     #[error("model config: `{field}` must be greater than 0")]
     Zero { field: &'static str },
     #[error("model config: patch_size {patch_size} does not divide image_size {image_size}")]
-    PatchDoesNotDivide { image_size: usize, patch_size: usize },
+    PatchDoesNotDivide {
+        image_size: usize,
+        patch_size: usize,
+    },
     #[error("model config: heads {heads} does not divide dim {dim}")]
     HeadsDoNotDivide { dim: usize, heads: usize },
     #[error("model config: dropout {0} is not in [0, 1)")]
@@ -95,7 +98,10 @@ impl VitConfig {
             });
         }
         if self.dim % self.heads != 0 {
-            return Err(ConfigError::HeadsDoNotDivide { dim: self.dim, heads: self.heads });
+            return Err(ConfigError::HeadsDoNotDivide {
+                dim: self.dim,
+                heads: self.heads,
+            });
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(ConfigError::Dropout(self.dropout));
@@ -132,29 +138,54 @@ mod tests {
         for (field, zero) in zeroed {
             let mut config = VitConfig::tutorial();
             zero(&mut config);
-            assert_eq!(config.validate(), Err(ConfigError::Zero { field }), "{field}");
+            assert_eq!(
+                config.validate(),
+                Err(ConfigError::Zero { field }),
+                "{field}"
+            );
         }
     }
 
     #[test]
     fn patch_must_divide_image() {
-        let config = VitConfig { patch_size: 5, ..VitConfig::tutorial() };
+        let config = VitConfig {
+            patch_size: 5,
+            ..VitConfig::tutorial()
+        };
         let error = config.validate().unwrap_err();
-        assert_eq!(error, ConfigError::PatchDoesNotDivide { image_size: 28, patch_size: 5 });
+        assert_eq!(
+            error,
+            ConfigError::PatchDoesNotDivide {
+                image_size: 28,
+                patch_size: 5
+            }
+        );
         assert!(error.to_string().contains("patch_size 5"), "{error}");
     }
 
     #[test]
     fn heads_must_divide_dim() {
-        let config = VitConfig { heads: 6, ..VitConfig::tutorial() };
-        assert_eq!(config.validate(), Err(ConfigError::HeadsDoNotDivide { dim: 64, heads: 6 }));
+        let config = VitConfig {
+            heads: 6,
+            ..VitConfig::tutorial()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::HeadsDoNotDivide { dim: 64, heads: 6 })
+        );
     }
 
     #[test]
     fn dropout_must_be_a_probability() {
         for dropout in [-0.1, 1.0, f64::NAN] {
-            let config = VitConfig { dropout, ..VitConfig::tutorial() };
-            assert!(matches!(config.validate(), Err(ConfigError::Dropout(_))), "{dropout}");
+            let config = VitConfig {
+                dropout,
+                ..VitConfig::tutorial()
+            };
+            assert!(
+                matches!(config.validate(), Err(ConfigError::Dropout(_))),
+                "{dropout}"
+            );
         }
     }
 

@@ -1,8 +1,8 @@
 //! The network: patch embedding, class token, learned positions, pre-norm encoder blocks and an
 //! MLP head on the class token, as in the PyTorch MNIST tutorial.
 
-use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::module::Param;
+use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::nn::transformer::{PositionWiseFeedForward, PositionWiseFeedForwardConfig};
 use burn::nn::{
     Dropout, DropoutConfig, Gelu, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
@@ -45,7 +45,10 @@ impl VitConfig {
     pub fn init(&self, device: &Device) -> Result<Vit, ConfigError> {
         self.validate()?;
         // The tutorial initialises both embeddings with `torch.randn`.
-        let standard_normal = Initializer::Normal { mean: 0.0, std: 1.0 };
+        let standard_normal = Initializer::Normal {
+            mean: 0.0,
+            std: 1.0,
+        };
         let tokens = self.num_patches() + 1;
         let block = || EncoderBlock {
             attention_norm: LayerNormConfig::new(self.dim).init(device),
@@ -121,7 +124,8 @@ impl EncoderBlock {
 
 impl MlpHead {
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.output.forward(self.activation.forward(self.hidden.forward(x)))
+        self.output
+            .forward(self.activation.forward(self.hidden.forward(x)))
     }
 }
 
@@ -165,7 +169,10 @@ mod tests {
 
     #[test]
     fn invalid_config_is_an_error_not_a_panic() {
-        let config = VitConfig { heads: 7, ..VitConfig::tutorial() };
+        let config = VitConfig {
+            heads: 7,
+            ..VitConfig::tutorial()
+        };
         assert!(config.init(&Device::flex()).is_err());
     }
 }

@@ -26,7 +26,13 @@ fn bars(count: usize, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
 fn a_short_run_makes_the_loss_fall() {
     let device = Device::flex().autodiff();
     device.seed(3);
-    let config = VitConfig { dim: 32, depth: 2, heads: 4, mlp_dim: 64, ..VitConfig::tutorial() };
+    let config = VitConfig {
+        dim: 32,
+        depth: 2,
+        heads: 4,
+        mlp_dim: 64,
+        ..VitConfig::tutorial()
+    };
     let mut model = config.init(&device).unwrap();
     let mut optimizer = AdamConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
@@ -46,6 +52,12 @@ fn a_short_run_makes_the_loss_fall() {
 
     let first = losses[0];
     let last = *losses.last().unwrap();
-    assert!(first > 1.5, "an untrained model is near chance (ln 10 ≈ 2.3), got {first}");
-    assert!(last < 0.5 * first, "loss should at least halve: {first} → {last} ({losses:?})");
+    assert!(
+        first > 1.5,
+        "an untrained model is near chance (ln 10 ≈ 2.3), got {first}"
+    );
+    assert!(
+        last < 0.5 * first,
+        "loss should at least halve: {first} → {last} ({losses:?})"
+    );
 }

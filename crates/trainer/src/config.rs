@@ -9,6 +9,7 @@ use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use serde::{Deserialize, Serialize};
 use vit_data::DataConfig;
+use vit_data::augment::AugmentConfig;
 use vit_model::VitConfig;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -19,6 +20,9 @@ pub struct TrainingConfig {
     pub schedule: Schedule,
     #[serde(default)]
     pub data: DataConfig,
+    /// Random affine transforms of training images; absent means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<AugmentConfig>,
     pub batch_size: usize,
     pub epochs: usize,
     pub seed: u64,
@@ -71,7 +75,9 @@ impl TrainingConfig {
             .with_context(|| format!("cannot read config {}", path.display()))?;
         let config: Self = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a valid training config", path.display()))?;
-        config.validate().with_context(|| format!("{}: invalid training config", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("{}: invalid training config", path.display()))?;
         Ok(config)
     }
 
@@ -85,6 +91,9 @@ impl TrainingConfig {
             && !(0.0..=lr).contains(&min_lr)
         {
             bail!("schedule.cosine.min_lr {min_lr} must be in [0, learning_rate {lr}]");
+        }
+        if let Some(augment) = &self.augment {
+            augment.validate().map_err(anyhow::Error::msg)?;
         }
         for (name, value) in [("batch_size", self.batch_size), ("epochs", self.epochs)] {
             if value == 0 {
@@ -133,7 +142,10 @@ mod tests {
                 checked += 1;
             }
         }
-        assert!(checked >= 2, "expected the tutorial and smoke presets, found {checked} configs");
+        assert!(
+            checked >= 2,
+            "expected the tutorial and smoke presets, found {checked} configs"
+        );
     }
 
     #[test]
@@ -144,19 +156,27 @@ mod tests {
         assert_eq!(config.optimizer.learning_rate, 3e-3);
         assert_eq!(config.schedule, Schedule::Cosine { min_lr: 0.0 });
         assert_eq!(config.data.valid_size, 5_000);
+        assert_eq!(
+            config.augment, None,
+            "the tutorial trains on the images as they are"
+        );
     }
 
     #[test]
     fn a_wrong_value_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.json");
-        let mut json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(configs_dir().join("vit-mnist-tutorial.json")).unwrap())
-                .unwrap();
+        let mut json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(configs_dir().join("vit-mnist-tutorial.json")).unwrap(),
+        )
+        .unwrap();
         json["model"]["heads"] = 7.into();
         std::fs::write(&path, json.to_string()).unwrap();
         let error = format!("{:#}", TrainingConfig::load(&path).unwrap_err());
-        assert!(error.contains("bad.json") && error.contains("heads 7"), "{error}");
+        assert!(
+            error.contains("bad.json") && error.contains("heads 7"),
+            "{error}"
+        );
 
         json["model"]["heads"] = 8.into();
         json["optimiser"] = json["optimizer"].clone();

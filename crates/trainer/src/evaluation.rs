@@ -24,19 +24,37 @@ pub struct Evaluation {
 }
 
 /// Runs `model` over every image of `dataset` in batches of `batch_size`.
-pub fn evaluate(model: &Vit, dataset: &MnistDataset, batch_size: usize, device: &Device) -> Evaluation {
+pub fn evaluate(
+    model: &Vit,
+    dataset: &MnistDataset,
+    batch_size: usize,
+    device: &Device,
+) -> Evaluation {
     let mut confusion = vec![vec![0u64; CLASSES]; CLASSES];
     let mut loss_sum = 0.0;
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let indices: Vec<usize> = (0..dataset.len()).collect();
     for chunk in indices.chunks(batch_size) {
-        let items = chunk.iter().map(|&i| dataset.get(i).expect("in-memory dataset")).collect();
+        let items = chunk
+            .iter()
+            .map(|&i| dataset.get(i).expect("in-memory dataset"))
+            .collect();
         let batch = MnistBatcher.batch(items, device);
         let logits = model.forward(batch.images);
         let loss = loss_fn.forward(logits.clone(), batch.targets.clone());
         loss_sum += f64::from(loss.into_scalar::<f32>()) * chunk.len() as f64;
-        let predicted = logits.argmax(1).into_data().convert::<i64>().try_to_vec::<i64>().expect("int data");
-        let labels = batch.targets.into_data().convert::<i64>().try_to_vec::<i64>().expect("int data");
+        let predicted = logits
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .expect("int data");
+        let labels = batch
+            .targets
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .expect("int data");
         for (label, guess) in labels.iter().zip(&predicted) {
             confusion[*label as usize][*guess as usize] += 1;
         }
@@ -50,7 +68,11 @@ fn summarise(confusion: Vec<Vec<u64>>, loss_sum: f64) -> Evaluation {
     let per_class_accuracy = (0..CLASSES)
         .map(|c| {
             let total: u64 = confusion[c].iter().sum();
-            if total == 0 { 0.0 } else { 100.0 * confusion[c][c] as f64 / total as f64 }
+            if total == 0 {
+                0.0
+            } else {
+                100.0 * confusion[c][c] as f64 / total as f64
+            }
         })
         .collect();
     Evaluation {
@@ -64,8 +86,21 @@ fn summarise(confusion: Vec<Vec<u64>>, loss_sum: f64) -> Evaluation {
 
 impl std::fmt::Display for Evaluation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{} images: accuracy {:.2} %, loss {:.4}", self.images, self.accuracy, self.loss)?;
-        writeln!(f, "per class (%): {}", self.per_class_accuracy.iter().enumerate().map(|(c, a)| format!("{c}:{a:.1}")).collect::<Vec<_>>().join(" "))?;
+        writeln!(
+            f,
+            "{} images: accuracy {:.2} %, loss {:.4}",
+            self.images, self.accuracy, self.loss
+        )?;
+        writeln!(
+            f,
+            "per class (%): {}",
+            self.per_class_accuracy
+                .iter()
+                .enumerate()
+                .map(|(c, a)| format!("{c}:{a:.1}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )?;
         writeln!(f, "confusion (rows: label, columns: predicted):")?;
         for (label, row) in self.confusion.iter().enumerate() {
             let cells: Vec<String> = row.iter().map(|n| format!("{n:>5}")).collect();

@@ -23,11 +23,18 @@ pub fn read_inputs(paths: &[PathBuf], limit: usize) -> anyhow::Result<Vec<Input>
     for path in paths {
         if is_picture(path)? {
             let pixels = image_file_to_mnist(path)?;
-            inputs.push(Input { name: path.display().to_string(), pixels });
+            inputs.push(Input {
+                name: path.display().to_string(),
+                pixels,
+            });
             continue;
         }
-        let images = idx::read_images(path)
-            .with_context(|| format!("{} is neither a PNG/JPEG image nor an IDX image file", path.display()))?;
+        let images = idx::read_images(path).with_context(|| {
+            format!(
+                "{} is neither a PNG/JPEG image nor an IDX image file",
+                path.display()
+            )
+        })?;
         anyhow::ensure!(
             (images.rows, images.cols) == (IMAGE_SIDE, IMAGE_SIDE),
             "{}: images are {}x{}, the model reads {IMAGE_SIDE}x{IMAGE_SIDE}",
@@ -35,9 +42,17 @@ pub fn read_inputs(paths: &[PathBuf], limit: usize) -> anyhow::Result<Vec<Input>
             images.rows,
             images.cols
         );
-        for (i, pixels) in images.pixels.chunks_exact(IMAGE_SIDE * IMAGE_SIDE).take(limit).enumerate() {
+        for (i, pixels) in images
+            .pixels
+            .chunks_exact(IMAGE_SIDE * IMAGE_SIDE)
+            .take(limit)
+            .enumerate()
+        {
             let pixels = pixels.try_into().expect("chunks are one image long");
-            inputs.push(Input { name: format!("{}[{i}]", path.display()), pixels });
+            inputs.push(Input {
+                name: format!("{}[{i}]", path.display()),
+                pixels,
+            });
         }
     }
     Ok(inputs)
@@ -45,29 +60,54 @@ pub fn read_inputs(paths: &[PathBuf], limit: usize) -> anyhow::Result<Vec<Input>
 
 fn is_picture(path: &Path) -> anyhow::Result<bool> {
     let mut head = [0u8; 4];
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let read = file.read(&mut head).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let read = file
+        .read(&mut head)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(head[..read].starts_with(PNG_MAGIC) || head[..read].starts_with(JPEG_MAGIC))
 }
 
 /// Class probabilities `[inputs, classes]` as rows of plain numbers.
 pub fn predict(model: &Vit, inputs: &[Input], device: &Device) -> Vec<Vec<f32>> {
-    let values: Vec<f32> = inputs.iter().flat_map(|input| input.pixels.map(normalise)).collect();
-    let images = Tensor::from_data(TensorData::new(values, [inputs.len(), 1, IMAGE_SIDE, IMAGE_SIDE]), device);
+    let values: Vec<f32> = inputs
+        .iter()
+        .flat_map(|input| input.pixels.map(normalise))
+        .collect();
+    let images = Tensor::from_data(
+        TensorData::new(values, [inputs.len(), 1, IMAGE_SIDE, IMAGE_SIDE]),
+        device,
+    );
     let probabilities = model.predict(images);
     let classes = probabilities.dims()[1];
-    let flat = probabilities.into_data().try_to_vec::<f32>().expect("float probabilities");
+    let flat = probabilities
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("float probabilities");
     flat.chunks(classes).map(<[f32]>::to_vec).collect()
 }
 
 /// `name: 7 (99.81 %)  0:0.00 1:0.01 …` with the probabilities in percent.
 pub fn describe(input: &Input, probabilities: &[f32]) -> String {
-    let (digit, best) = probabilities
+    let (digit, best) =
+        probabilities
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::MIN),
+                |best, (digit, &p)| if p > best.1 { (digit, p) } else { best },
+            );
+    let all: Vec<String> = probabilities
         .iter()
         .enumerate()
-        .fold((0, f32::MIN), |best, (digit, &p)| if p > best.1 { (digit, p) } else { best });
-    let all: Vec<String> = probabilities.iter().enumerate().map(|(d, p)| format!("{d}:{:.2}", 100.0 * p)).collect();
-    format!("{}: {digit} ({:.2} %)  [{}]", input.name, 100.0 * best, all.join(" "))
+        .map(|(d, p)| format!("{d}:{:.2}", 100.0 * p))
+        .collect();
+    format!(
+        "{}: {digit} ({:.2} %)  [{}]",
+        input.name,
+        100.0 * best,
+        all.join(" ")
+    )
 }
 
 #[cfg(test)]
@@ -76,7 +116,10 @@ mod tests {
 
     #[test]
     fn description_names_the_most_likely_digit() {
-        let input = Input { name: "three.png".into(), pixels: [0; 784] };
+        let input = Input {
+            name: "three.png".into(),
+            pixels: [0; 784],
+        };
         let mut probabilities = vec![0.01; 10];
         probabilities[3] = 0.91;
         let line = describe(&input, &probabilities);
@@ -99,6 +142,9 @@ mod tests {
         let path = dir.path().join("notes.txt");
         std::fs::write(&path, "hello, world").unwrap();
         let error = format!("{:#}", read_inputs(&[path], 10).err().unwrap());
-        assert!(error.contains("notes.txt") && error.contains("neither"), "{error}");
+        assert!(
+            error.contains("notes.txt") && error.contains("neither"),
+            "{error}"
+        );
     }
 }

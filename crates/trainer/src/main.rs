@@ -12,16 +12,20 @@ mod training;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use burn::data::dataset::Dataset;
 use burn::prelude::*;
 use clap::{Parser, Subcommand};
-use vit_data::{DataConfig, MnistDataset, Split, resolve_data_dir};
+use vit_data::{DataConfig, DataDirSource, MnistDataset, Split, download, resolve_data_dir};
 use vit_model::artifact;
 
 use crate::config::TrainingConfig;
 use crate::run_dir::{RunDir, default_run_name};
 
 #[derive(Parser)]
-#[command(version, about = "Train, evaluate and run a Vision Transformer on MNIST")]
+#[command(
+    version,
+    about = "Train, evaluate and run a Vision Transformer on MNIST"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,6 +57,23 @@ enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Draw a PNG grid of training images next to augmented versions: what the model sees.
+    AugmentPreview {
+        /// A training config with an `augment` section.
+        #[arg(long, default_value = "configs/vit-mnist-augmented.json")]
+        config: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        /// The PNG to write.
+        #[arg(long, default_value = "augment-preview.png")]
+        out: PathBuf,
+        /// Training images, one per row.
+        #[arg(long, default_value_t = 8)]
+        images: usize,
+        /// Augmented versions of each, beside the original.
+        #[arg(long, default_value_t = 8)]
+        draws: usize,
+    },
     /// Predict the digit of PNG/JPEG images (any size) or of the images in an IDX file.
     Infer {
         #[command(flatten)]
@@ -80,6 +101,18 @@ struct RunArgs {
     run_dir: Option<PathBuf>,
 }
 
+impl DataArgs {
+    /// The MNIST directory. Only the default cache directory is filled from the mirrors: a
+    /// directory the user named is theirs, and missing files there are an error.
+    fn dir(&self) -> anyhow::Result<PathBuf> {
+        let (dir, source) = resolve_data_dir(self.data_dir.as_deref());
+        if source == DataDirSource::Cache {
+            download::ensure_mnist(&dir, &download::mirrors())?;
+        }
+        Ok(dir)
+    }
+}
+
 impl RunArgs {
     fn open(&self) -> anyhow::Result<RunDir> {
         match &self.run_dir {
@@ -93,7 +126,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let device = Device::default();
     match cli.command {
-        Command::Train { config: config_path, data, artifacts, run, epochs } => {
+        Command::Train {
+            config: config_path,
+            data,
+            artifacts,
+            run,
+            epochs,
+        } => {
             let mut config = TrainingConfig::load(&config_path)?;
             if let Some(epochs) = epochs {
                 config.epochs = epochs;
@@ -101,22 +140,56 @@ fn main() -> anyhow::Result<()> {
             }
             let name = run.unwrap_or_else(|| default_run_name(&config_path));
             let run = RunDir::create(&artifacts, &name)?;
-            training::train(&config, &resolve_data_dir(data.data_dir.as_deref()), &run, &device)?;
+            training::train(&config, &data.dir()?, &run, &device)?;
         }
         Command::Eval { run, data } => {
             let run = run.open()?;
             let (model, _) = artifact::load(run.path(), &device)?;
             let data_config = DataConfig::default();
-            let test_set = MnistDataset::load(&resolve_data_dir(data.data_dir.as_deref()), Split::Test, &data_config)?;
+            let test_set = MnistDataset::load(&data.dir()?, Split::Test, &data_config)?;
             let evaluation = evaluation::evaluate(&model, &test_set, 500, &device);
             println!("{} on {device:?}: test {evaluation}", run.path().display());
+        }
+        Command::AugmentPreview {
+            config: config_path,
+            data,
+            out,
+            images,
+            draws,
+        } => {
+            let config = TrainingConfig::load(&config_path)?;
+            let augment = config.augment.as_ref().with_context(|| {
+                format!(
+                    "{} has no `augment` section: nothing to preview",
+                    config_path.display()
+                )
+            })?;
+            let train_set = MnistDataset::load(&data.dir()?, Split::Train, &config.data)?;
+            let items: Vec<_> = (0..images.min(train_set.len()))
+                .map(|i| train_set.get(i).expect("in-memory dataset"))
+                .collect();
+            let grid = vit_data::augment::preview_grid(&items, augment, config.seed, draws);
+            let mut temporary = out.clone().into_os_string();
+            temporary.push(".tmp.png");
+            grid.save(&temporary)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            std::fs::rename(&temporary, &out)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "wrote {} ({} images × {} augmented draws)",
+                out.display(),
+                items.len(),
+                draws
+            );
         }
         Command::Infer { run, files, limit } => {
             let run = run.open()?;
             let (model, _) = artifact::load(run.path(), &device)
                 .with_context(|| format!("cannot load the model of {}", run.path().display()))?;
             let inputs = infer::read_inputs(&files, limit)?;
-            for (input, probabilities) in inputs.iter().zip(infer::predict(&model, &inputs, &device)) {
+            for (input, probabilities) in
+                inputs.iter().zip(infer::predict(&model, &inputs, &device))
+            {
                 println!("{}", infer::describe(input, &probabilities));
             }
         }

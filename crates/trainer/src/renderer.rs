@@ -8,7 +8,8 @@ use std::time::Instant;
 use burn::train::logger::{EvaluationProgressLogger, TrainingProgressLogger};
 use burn::train::metric::{MetricDefinition, MetricId, NumericEntry};
 use burn::train::renderer::{
-    EvaluationName, MetricState, MetricsRenderer, MetricsRendererEvaluation, MetricsRendererTraining,
+    EvaluationName, MetricState, MetricsRenderer, MetricsRendererEvaluation,
+    MetricsRendererTraining,
 };
 
 /// How often a split reports progress, as a fraction of its items.
@@ -38,8 +39,13 @@ struct Mean {
 impl Mean {
     fn add(&mut self, entry: &NumericEntry) {
         match entry {
-            NumericEntry::Value(v) => (self.sum, self.count, self.last) = (self.sum + v, self.count + 1.0, *v),
-            NumericEntry::Aggregated { aggregated_value, count } => {
+            NumericEntry::Value(v) => {
+                (self.sum, self.count, self.last) = (self.sum + v, self.count + 1.0, *v)
+            }
+            NumericEntry::Aggregated {
+                aggregated_value,
+                count,
+            } => {
                 self.sum += aggregated_value * *count as f64;
                 self.count += *count as f64;
                 self.last = *aggregated_value;
@@ -49,14 +55,24 @@ impl Mean {
     }
 
     fn value(&self) -> f64 {
-        self.fin.unwrap_or(if self.count > 0.0 { self.sum / self.count } else { self.last })
+        self.fin.unwrap_or(if self.count > 0.0 {
+            self.sum / self.count
+        } else {
+            self.last
+        })
     }
 }
 
 impl LineRenderer {
     fn record(&mut self, state: MetricState) {
-        let MetricState::Numeric(entry, Some(value)) = state else { return };
-        let name = self.names.get(&entry.metric_id).cloned().unwrap_or_else(|| "metric".into());
+        let MetricState::Numeric(entry, Some(value)) = state else {
+            return;
+        };
+        let name = self
+            .names
+            .get(&entry.metric_id)
+            .cloned()
+            .unwrap_or_else(|| "metric".into());
         match self.values.iter_mut().find(|(n, _)| *n == name) {
             Some((_, mean)) => mean.add(&value),
             None => {
@@ -68,7 +84,8 @@ impl LineRenderer {
     }
 
     fn elapsed(&self) -> f64 {
-        self.split_start.map_or(0.0, |start| start.elapsed().as_secs_f64())
+        self.split_start
+            .map_or(0.0, |start| start.elapsed().as_secs_f64())
     }
 }
 
@@ -83,7 +100,13 @@ impl MetricsRendererTraining for LineRenderer {
 }
 
 impl TrainingProgressLogger for LineRenderer {
-    fn start(&mut self, total_epochs: usize, starting_epoch: usize, _items: Option<usize>, _label: Option<&str>) {
+    fn start(
+        &mut self,
+        total_epochs: usize,
+        starting_epoch: usize,
+        _items: Option<usize>,
+        _label: Option<&str>,
+    ) {
         self.epochs = total_epochs;
         self.epoch = starting_epoch.max(1);
     }
@@ -108,7 +131,11 @@ impl TrainingProgressLogger for LineRenderer {
         let seconds = self.elapsed();
         let rate = items as f64 / seconds.max(1e-9);
         let eta = (self.split_items - items) as f64 / rate.max(1e-9);
-        let loss = self.values.iter().find(|(n, _)| n == "Loss").map(|(_, m)| m.value());
+        let loss = self
+            .values
+            .iter()
+            .find(|(n, _)| n == "Loss")
+            .map(|(_, m)| m.value());
         println!(
             "epoch {}/{} {:<5} {:>3.0}% ({items}/{}) loss {} {rate:.0} img/s ETA {}",
             self.epoch,
@@ -123,8 +150,11 @@ impl TrainingProgressLogger for LineRenderer {
 
     fn end_split(&mut self) {
         let seconds = self.elapsed();
-        let metrics: Vec<String> =
-            self.values.iter().map(|(name, mean)| format!("{name} {}", format_value(name, mean.value()))).collect();
+        let metrics: Vec<String> = self
+            .values
+            .iter()
+            .map(|(name, mean)| format!("{name} {}", format_value(name, mean.value())))
+            .collect();
         println!(
             "epoch {}/{} {:<5} done in {}: {} ({:.0} img/s)",
             self.epoch,
@@ -159,7 +189,8 @@ impl MetricsRenderer for LineRenderer {
     fn manual_close(&mut self) {}
 
     fn register_metric(&mut self, definition: MetricDefinition) {
-        self.names.insert(definition.metric_id, definition.name.to_string());
+        self.names
+            .insert(definition.metric_id, definition.name.to_string());
     }
 }
 

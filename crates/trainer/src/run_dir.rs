@@ -26,16 +26,24 @@ impl RunDir {
     pub fn create(artifacts: &Path, name: &str) -> anyhow::Result<Self> {
         let path = artifacts.join(name);
         if path.join(TRAINING_CONFIG_FILE).exists() || path.join(artifact::RECORD_FILE).exists() {
-            bail!("{} already holds a run; choose another name with --run", path.display());
+            bail!(
+                "{} already holds a run; choose another name with --run",
+                path.display()
+            );
         }
-        std::fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Self { path })
     }
 
     /// Opens a finished run: one that holds a saved model.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         if !path.join(artifact::RECORD_FILE).is_file() {
-            bail!("{} is not a finished run: it has no {}", path.display(), artifact::RECORD_FILE);
+            bail!(
+                "{} is not a finished run: it has no {}",
+                path.display(),
+                artifact::RECORD_FILE
+            );
         }
         Ok(Self { path: path.into() })
     }
@@ -50,8 +58,13 @@ impl RunDir {
             .filter_map(|record| Some((record.metadata().ok()?.modified().ok()?, record)))
             .max();
         match newest {
-            Some((_, record)) => Self::open(record.parent().expect("a record lies in a run directory")),
-            None => bail!("no finished run in {}; train one first, or pass --run-dir", artifacts.display()),
+            Some((_, record)) => {
+                Self::open(record.parent().expect("a record lies in a run directory"))
+            }
+            None => bail!(
+                "no finished run in {}; train one first, or pass --run-dir",
+                artifacts.display()
+            ),
         }
     }
 
@@ -73,13 +86,20 @@ impl RunDir {
 /// A run name from the config's file name and the current UTC time, e.g.
 /// `vit-mnist-tutorial-20261128-101500`.
 pub fn default_run_name(config_path: &Path) -> String {
-    let stem = config_path.file_stem().map_or("run".into(), |s| s.to_string_lossy());
+    let stem = config_path
+        .file_stem()
+        .map_or("run".into(), |s| s.to_string_lossy());
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs());
     let (year, month, day) = civil_date(seconds / 86_400);
     let time = seconds % 86_400;
-    format!("{stem}-{year:04}{month:02}{day:02}-{:02}{:02}{:02}", time / 3600, time / 60 % 60, time % 60)
+    format!(
+        "{stem}-{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        time / 3600,
+        time / 60 % 60,
+        time % 60
+    )
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
@@ -87,11 +107,16 @@ fn civil_date(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let day_of_era = z % 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let shifted_month = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
     let year = year_of_era + era * 400 + u64::from(month <= 2);
     (year, month, day)
 }
@@ -112,7 +137,9 @@ mod tests {
         let artifacts = tempfile::tempdir().unwrap();
         let run = RunDir::create(artifacts.path(), "a").unwrap();
         std::fs::write(run.path().join(TRAINING_CONFIG_FILE), "{}").unwrap();
-        let error = RunDir::create(artifacts.path(), "a").unwrap_err().to_string();
+        let error = RunDir::create(artifacts.path(), "a")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("already holds a run"), "{error}");
     }
 

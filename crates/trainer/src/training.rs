@@ -2,17 +2,21 @@
 
 use std::io::IsTerminal;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use burn::data::dataloader::DataLoaderBuilder;
+use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::Dataset;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
-use burn::train::{ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep};
+use burn::train::{
+    ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
+};
 use serde::{Deserialize, Serialize};
-use vit_data::{MnistBatch, MnistBatcher, MnistDataset, Split};
+use vit_data::augment::AugmentedDataset;
+use vit_data::{MnistBatch, MnistBatcher, MnistDataset, MnistItem, Split};
 use vit_model::{Vit, artifact};
 
 use crate::config::TrainingConfig;
@@ -73,8 +77,24 @@ pub struct RunReport {
     pub test: Evaluation,
 }
 
+fn train_loader(
+    dataset: impl Dataset<MnistItem> + 'static,
+    config: &TrainingConfig,
+) -> Arc<dyn DataLoader<MnistBatch>> {
+    DataLoaderBuilder::new(MnistBatcher)
+        .batch_size(config.batch_size)
+        .shuffle(config.seed)
+        .num_workers(config.num_workers)
+        .build(dataset)
+}
+
 /// Trains `config` on the MNIST files in `data_dir`, writing everything into `run`.
-pub fn train(config: &TrainingConfig, data_dir: &Path, run: &RunDir, device: &Device) -> anyhow::Result<RunReport> {
+pub fn train(
+    config: &TrainingConfig,
+    data_dir: &Path,
+    run: &RunDir,
+    device: &Device,
+) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     run.save_config(config)?;
     let train_set = MnistDataset::load(data_dir, Split::Train, &config.data)?;
@@ -82,7 +102,9 @@ pub fn train(config: &TrainingConfig, data_dir: &Path, run: &RunDir, device: &De
     let (train_images, valid_images) = (train_set.len(), valid_set.len());
 
     device.seed(config.seed);
-    let model = Classifier { vit: config.model.init(&device.clone().autodiff())? };
+    let model = Classifier {
+        vit: config.model.init(&device.clone().autodiff())?,
+    };
     let parameters = model.num_params();
     println!(
         "training {parameters} parameters on {device:?}: {train_images} training and {valid_images} validation \
@@ -91,11 +113,13 @@ pub fn train(config: &TrainingConfig, data_dir: &Path, run: &RunDir, device: &De
         run.path().display()
     );
 
-    let train_loader = DataLoaderBuilder::new(MnistBatcher)
-        .batch_size(config.batch_size)
-        .shuffle(config.seed)
-        .num_workers(config.num_workers)
-        .build(train_set);
+    let train_loader = match &config.augment {
+        Some(augment) => train_loader(
+            AugmentedDataset::new(train_set, augment.clone(), config.seed),
+            config,
+        ),
+        None => train_loader(train_set, config),
+    };
     let valid_loader = DataLoaderBuilder::new(MnistBatcher)
         .batch_size(config.batch_size)
         .num_workers(config.num_workers)
@@ -134,7 +158,8 @@ pub fn train(config: &TrainingConfig, data_dir: &Path, run: &RunDir, device: &De
         train_images_per_second: (train_images * config.epochs) as f64 / learner_seconds,
         test,
     };
-    run.write_json(REPORT_FILE, &report).context("cannot write the report")?;
+    run.write_json(REPORT_FILE, &report)
+        .context("cannot write the report")?;
     println!("test {}", report.test);
     println!(
         "wall time {} ({:.0} training images/s); model and report in {}",

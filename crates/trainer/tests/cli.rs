@@ -9,14 +9,25 @@ use vit_data::idx::encode;
 const TRAINER: &str = env!("CARGO_BIN_EXE_vit-trainer");
 
 fn run(args: &[&str]) -> Output {
-    let output = Command::new(TRAINER).args(args).env_remove("MNIST_DIR").output().unwrap();
+    let output = Command::new(TRAINER)
+        .args(args)
+        .env_remove("MNIST_DIR")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("panicked"), "the trainer panicked:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "the trainer panicked:\n{stderr}"
+    );
     output
 }
 
 fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// The synthetic digit `label`: a bright bar on row 2 + 2·label, as raw 28×28 bytes.
@@ -32,8 +43,16 @@ fn synthetic_mnist(dir: &Path, train: u32, test: u32) {
     let write = |name: &str, n: u32| {
         let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
         let pixels: Vec<u8> = labels.iter().flat_map(|&l| bar(l)).collect();
-        std::fs::write(dir.join(format!("{name}-images-idx3-ubyte")), encode(&[n, 28, 28], &pixels)).unwrap();
-        std::fs::write(dir.join(format!("{name}-labels-idx1-ubyte")), encode(&[n], &labels)).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}-images-idx3-ubyte")),
+            encode(&[n, 28, 28], &pixels),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("{name}-labels-idx1-ubyte")),
+            encode(&[n], &labels),
+        )
+        .unwrap();
     };
     write("train", train);
     write("t10k", test);
@@ -41,7 +60,8 @@ fn synthetic_mnist(dir: &Path, train: u32, test: u32) {
 
 fn smoke_config(dir: &Path, valid_size: usize, epochs: usize) -> PathBuf {
     let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/smoke.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(configs).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(configs).unwrap()).unwrap();
     config["data"]["valid_size"] = valid_size.into();
     config["epochs"] = epochs.into();
     let path = dir.join("config.json");
@@ -59,34 +79,82 @@ fn train_then_eval_then_infer_on_synthetic_digits() {
     let (data, artifacts) = (work.path().join("data"), work.path().join("artifacts"));
     std::fs::create_dir_all(&data).unwrap();
     synthetic_mnist(&data, 700, 100);
-    let config = smoke_config(work.path(), 100, 3);
-    let [config, data, artifacts] = [&config, &data, &artifacts].map(|p| p.to_str().unwrap().to_string());
+    let config = smoke_config(work.path(), 100, 8);
+    let [config, data, artifacts] =
+        [&config, &data, &artifacts].map(|p| p.to_str().unwrap().to_string());
 
-    let trained = run(&["train", "--config", &config, "--data-dir", &data, "--artifacts", &artifacts, "--run", "bars"]);
+    let trained = run(&[
+        "train",
+        "--config",
+        &config,
+        "--data-dir",
+        &data,
+        "--artifacts",
+        &artifacts,
+        "--run",
+        "bars",
+    ]);
     assert!(trained.status.success(), "{}", text(&trained));
     let run_dir = Path::new(&artifacts).join("bars");
-    for file in ["training-config.json", "model-config.json", "model.bpk", "report.json", "checkpoint"] {
-        assert!(run_dir.join(file).exists(), "{file} missing from the run directory");
+    for file in [
+        "training-config.json",
+        "model-config.json",
+        "model.bpk",
+        "report.json",
+        "checkpoint",
+    ] {
+        assert!(
+            run_dir.join(file).exists(),
+            "{file} missing from the run directory"
+        );
     }
     let report = report(&run_dir);
     let accuracy = report["test"]["accuracy"].as_f64().unwrap();
-    assert!(accuracy > 80.0, "bars are easy to tell apart, yet test accuracy is {accuracy}");
+    assert!(
+        accuracy > 80.0,
+        "bars are easy to tell apart, yet test accuracy is {accuracy}"
+    );
     assert_eq!(report["test"]["images"], 100);
 
     let run_dir = run_dir.to_str().unwrap();
     let evaluated = run(&["eval", "--run-dir", run_dir, "--data-dir", &data]);
     assert!(evaluated.status.success(), "{}", text(&evaluated));
-    assert!(text(&evaluated).contains(&format!("accuracy {accuracy:.2} %")), "{}", text(&evaluated));
+    assert!(
+        text(&evaluated).contains(&format!("accuracy {accuracy:.2} %")),
+        "{}",
+        text(&evaluated)
+    );
 
     let png = work.path().join("seven.png");
-    image::GrayImage::from_raw(28, 28, bar(7)).unwrap().save(&png).unwrap();
+    image::GrayImage::from_raw(28, 28, bar(7))
+        .unwrap()
+        .save(&png)
+        .unwrap();
     let inferred = run(&["infer", "--run-dir", run_dir, png.to_str().unwrap()]);
     assert!(inferred.status.success(), "{}", text(&inferred));
-    assert!(text(&inferred).contains("seven.png: 7 ("), "{}", text(&inferred));
+    assert!(
+        text(&inferred).contains("seven.png: 7 ("),
+        "{}",
+        text(&inferred)
+    );
 
-    let again = run(&["train", "--config", &config, "--data-dir", &data, "--artifacts", &artifacts, "--run", "bars"]);
+    let again = run(&[
+        "train",
+        "--config",
+        &config,
+        "--data-dir",
+        &data,
+        "--artifacts",
+        &artifacts,
+        "--run",
+        "bars",
+    ]);
     assert!(!again.status.success());
-    assert!(text(&again).contains("already holds a run"), "{}", text(&again));
+    assert!(
+        text(&again).contains("already holds a run"),
+        "{}",
+        text(&again)
+    );
 }
 
 #[test]
@@ -105,7 +173,10 @@ fn missing_mnist_files_say_what_to_put_where() {
     ]);
     assert!(!output.status.success());
     let message = text(&output);
-    assert!(message.contains("train-images-idx3-ubyte") && message.contains("MNIST_DIR"), "{message}");
+    assert!(
+        message.contains("train-images-idx3-ubyte") && message.contains("MNIST_DIR"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -130,7 +201,9 @@ fn infer_without_a_model_is_an_error_not_a_panic() {
 #[test]
 fn a_short_run_on_real_mnist_learns() {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
-    let dir = std::env::var_os("MNIST_DIR").map(PathBuf::from).unwrap_or(shared);
+    let dir = std::env::var_os("MNIST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or(shared);
     if !dir.join("train-images-idx3-ubyte.gz").exists() {
         eprintln!("skipping: no MNIST files in {}", dir.display());
         return;
@@ -150,7 +223,64 @@ fn a_short_run_on_real_mnist_learns() {
         "real",
     ]);
     assert!(output.status.success(), "{}", text(&output));
-    let accuracy = report(&artifacts.join("real"))["test"]["accuracy"].as_f64().unwrap();
+    let accuracy = report(&artifacts.join("real"))["test"]["accuracy"]
+        .as_f64()
+        .unwrap();
     // 500 images, 2 epochs of a small ViT: far from converged, far above chance (10 %).
     assert!(accuracy > 40.0, "test accuracy {accuracy}");
+}
+
+#[test]
+fn augment_preview_draws_a_grid_of_what_the_model_sees() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    synthetic_mnist(&data, 30, 10);
+    let augmented =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/vit-mnist-augmented.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(augmented).unwrap()).unwrap();
+    json["data"]["valid_size"] = 10.into();
+    let config = work.path().join("augmented.json");
+    std::fs::write(&config, json.to_string()).unwrap();
+    let out = work.path().join("grid.png");
+    let [config, data, out_arg] = [&config, &data, &out].map(|p| p.to_str().unwrap().to_string());
+
+    let output = run(&[
+        "augment-preview",
+        "--config",
+        &config,
+        "--data-dir",
+        &data,
+        "--out",
+        &out_arg,
+        "--images",
+        "3",
+        "--draws",
+        "5",
+    ]);
+
+    assert!(output.status.success(), "{}", text(&output));
+    let grid = image::open(&out).unwrap().to_luma8();
+    // 6 cells of 84 px (28 × 3) across and 3 down, with 4 px gaps around each.
+    assert_eq!(grid.dimensions(), (6 * 84 + 7 * 4, 3 * 84 + 4 * 4));
+    // The first cell is the original image: the bar of digit 0 on row 2, drawn 3× larger.
+    assert_eq!(grid.get_pixel(4 + 3 * 10, 4 + 3 * 2).0[0], 255);
+    assert_eq!(grid.get_pixel(4 + 3 * 10, 4 + 3 * 5).0[0], 0);
+
+    let tutorial =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/vit-mnist-tutorial.json");
+    let output = run(&[
+        "augment-preview",
+        "--config",
+        tutorial.to_str().unwrap(),
+        "--data-dir",
+        &data,
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("no `augment` section"),
+        "{}",
+        text(&output)
+    );
 }

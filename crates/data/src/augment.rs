@@ -1,0 +1,301 @@
+//! On-the-fly random affine augmentation (rotation, translation, scale) of training images.
+//! Each draw is seeded by (run seed, image index, how often that image was drawn), so a run is
+//! reproducible whatever order the loader's worker threads fetch items in, and each epoch sees
+//! a new variant of every image.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use burn::data::dataset::{Dataset, DatasetError};
+use image::{GrayImage, Luma};
+use serde::{Deserialize, Serialize};
+
+use crate::rng::SplitMix64;
+use crate::{IMAGE_SIDE, MnistItem};
+
+const PIXELS: usize = IMAGE_SIDE * IMAGE_SIDE;
+/// Transforms turn about the image centre, between the two middle pixels.
+const CENTRE: f32 = (IMAGE_SIDE as f32 - 1.0) / 2.0;
+
+/// The range of each random transform; zero turns that transform off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Rotation, uniform in ± this many degrees.
+    #[serde(default)]
+    pub rotation_degrees: f32,
+    /// Shift along each axis, uniform in ± this many pixels.
+    #[serde(default)]
+    pub translate_pixels: f32,
+    /// Zoom factor, uniform in [1 − scale, 1 + scale].
+    #[serde(default)]
+    pub scale: f32,
+}
+
+impl AugmentConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let fields = [
+            ("rotation_degrees", self.rotation_degrees, 180.0),
+            ("translate_pixels", self.translate_pixels, IMAGE_SIDE as f32),
+            ("scale", self.scale, 0.99),
+        ];
+        for (name, value, max) in fields {
+            if !(0.0..=max).contains(&value) {
+                return Err(format!("augment.{name} {value} must be in [0, {max}]"));
+            }
+        }
+        Ok(())
+    }
+
+    /// One random transform.
+    pub fn sample(&self, rng: &mut SplitMix64) -> Affine {
+        Affine {
+            rotation_degrees: rng.symmetric(self.rotation_degrees),
+            translate: (
+                rng.symmetric(self.translate_pixels),
+                rng.symmetric(self.translate_pixels),
+            ),
+            scale: 1.0 + rng.symmetric(self.scale),
+        }
+    }
+}
+
+/// Rotate (counter-clockwise as seen on screen) and scale about the centre, then shift.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Affine {
+    pub rotation_degrees: f32,
+    /// (right, down) in pixels.
+    pub translate: (f32, f32),
+    pub scale: f32,
+}
+
+impl Affine {
+    pub const IDENTITY: Self = Self {
+        rotation_degrees: 0.0,
+        translate: (0.0, 0.0),
+        scale: 1.0,
+    };
+
+    /// The transformed image: each output pixel samples the input bilinearly at the inverse
+    /// transform of its position; outside the input is black.
+    pub fn apply(&self, pixels: &[u8; PIXELS]) -> [u8; PIXELS] {
+        let (sin, cos) = self.rotation_degrees.to_radians().sin_cos();
+        let mut out = [0u8; PIXELS];
+        for y in 0..IMAGE_SIDE {
+            for x in 0..IMAGE_SIDE {
+                // Undo the shift, the scale, then the rotation (by −θ).
+                let dx = (x as f32 - CENTRE - self.translate.0) / self.scale;
+                let dy = (y as f32 - CENTRE - self.translate.1) / self.scale;
+                let source_x = CENTRE + dx * cos - dy * sin;
+                let source_y = CENTRE + dx * sin + dy * cos;
+                out[y * IMAGE_SIDE + x] = bilinear(pixels, source_x, source_y);
+            }
+        }
+        out
+    }
+}
+
+fn bilinear(pixels: &[u8; PIXELS], x: f32, y: f32) -> u8 {
+    let (x0, y0) = (x.floor(), y.floor());
+    let (fx, fy) = (x - x0, y - y0);
+    let at = |xi: f32, yi: f32| -> f32 {
+        let inside =
+            (0.0..IMAGE_SIDE as f32).contains(&xi) && (0.0..IMAGE_SIDE as f32).contains(&yi);
+        if inside {
+            f32::from(pixels[yi as usize * IMAGE_SIDE + xi as usize])
+        } else {
+            0.0
+        }
+    };
+    let top = at(x0, y0) * (1.0 - fx) + at(x0 + 1.0, y0) * fx;
+    let bottom = at(x0, y0 + 1.0) * (1.0 - fx) + at(x0 + 1.0, y0 + 1.0) * fx;
+    (top * (1.0 - fy) + bottom * fy).round().clamp(0.0, 255.0) as u8
+}
+
+/// A dataset whose every `get` returns a freshly transformed copy of the inner item.
+pub struct AugmentedDataset<D> {
+    inner: D,
+    config: AugmentConfig,
+    seed: u64,
+    draws: Arc<Vec<AtomicU64>>,
+}
+
+impl<D: Dataset<MnistItem>> AugmentedDataset<D> {
+    pub fn new(inner: D, config: AugmentConfig, seed: u64) -> Self {
+        let draws = Arc::new((0..inner.len()).map(|_| AtomicU64::new(0)).collect());
+        Self {
+            inner,
+            config,
+            seed,
+            draws,
+        }
+    }
+}
+
+impl<D: Dataset<MnistItem>> Dataset<MnistItem> for AugmentedDataset<D> {
+    fn get(&self, index: usize) -> Result<MnistItem, DatasetError> {
+        let mut item = self.inner.get(index)?;
+        let draw = self.draws[index].fetch_add(1, Ordering::Relaxed);
+        let mut rng = SplitMix64::for_stream(&[self.seed, index as u64, draw]);
+        item.pixels = self.config.sample(&mut rng).apply(&item.pixels);
+        Ok(item)
+    }
+
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+}
+
+/// A picture of what the model sees: one row per image, the original first, then `draws`
+/// augmented versions, each pixel drawn as a 3×3 block, with grey gaps between cells.
+pub fn preview_grid(
+    items: &[MnistItem],
+    config: &AugmentConfig,
+    seed: u64,
+    draws: usize,
+) -> GrayImage {
+    const ZOOM: u32 = 3;
+    const GAP: u32 = 4;
+    let cell = IMAGE_SIDE as u32 * ZOOM;
+    let columns = 1 + draws as u32;
+    let width = columns * cell + (columns + 1) * GAP;
+    let height = items.len() as u32 * cell + (items.len() as u32 + 1) * GAP;
+    let mut grid = GrayImage::from_pixel(width, height, Luma([128]));
+    for (row, item) in items.iter().enumerate() {
+        let variants = std::iter::once(item.pixels).chain((0..draws).map(|draw| {
+            let mut rng = SplitMix64::for_stream(&[seed, row as u64, draw as u64]);
+            config.sample(&mut rng).apply(&item.pixels)
+        }));
+        for (column, pixels) in variants.enumerate() {
+            let left = GAP + column as u32 * (cell + GAP);
+            let top = GAP + row as u32 * (cell + GAP);
+            for (i, &value) in pixels.iter().enumerate() {
+                let (x, y) = (
+                    (i % IMAGE_SIDE) as u32 * ZOOM,
+                    (i / IMAGE_SIDE) as u32 * ZOOM,
+                );
+                for dy in 0..ZOOM {
+                    for dx in 0..ZOOM {
+                        grid.put_pixel(left + x + dx, top + y + dy, Luma([value]));
+                    }
+                }
+            }
+        }
+    }
+    grid
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::data::dataset::InMemDataset;
+
+    use super::*;
+
+    fn dot(x: usize, y: usize) -> [u8; PIXELS] {
+        let mut pixels = [0u8; PIXELS];
+        pixels[y * IMAGE_SIDE + x] = 255;
+        pixels
+    }
+
+    fn bright(pixels: &[u8; PIXELS]) -> Vec<(usize, usize)> {
+        (0..PIXELS)
+            .filter(|&i| pixels[i] > 127)
+            .map(|i| (i % IMAGE_SIDE, i / IMAGE_SIDE))
+            .collect()
+    }
+
+    #[test]
+    fn identity_keeps_the_image() {
+        let pixels: [u8; PIXELS] = std::array::from_fn(|i| (i * 7 % 256) as u8);
+        assert_eq!(Affine::IDENTITY.apply(&pixels), pixels);
+    }
+
+    #[test]
+    fn a_whole_pixel_shift_moves_the_image_exactly() {
+        let shift = Affine {
+            translate: (2.0, -1.0),
+            ..Affine::IDENTITY
+        };
+        assert_eq!(shift.apply(&dot(5, 9)), dot(7, 8));
+        assert_eq!(
+            shift.apply(&dot(27, 9)),
+            [0; PIXELS],
+            "what leaves the frame is gone"
+        );
+    }
+
+    #[test]
+    fn a_quarter_turn_is_counter_clockwise_about_the_centre() {
+        // 6.5 px right of the centre (13.5, 13.5) and 0.5 above it → 6.5 above and 0.5 left.
+        let turn = Affine {
+            rotation_degrees: 90.0,
+            ..Affine::IDENTITY
+        };
+        assert_eq!(bright(&turn.apply(&dot(20, 13))), vec![(13, 7)]);
+    }
+
+    #[test]
+    fn doubling_the_scale_doubles_a_centred_square() {
+        let mut square = [0u8; PIXELS];
+        for y in 12..16 {
+            for x in 12..16 {
+                square[y * IMAGE_SIDE + x] = 255;
+            }
+        }
+        let zoom = Affine {
+            scale: 2.0,
+            ..Affine::IDENTITY
+        };
+        let xs: Vec<usize> = bright(&zoom.apply(&square)).iter().map(|p| p.0).collect();
+        assert_eq!(
+            (xs.iter().min(), xs.iter().max()),
+            (Some(&10), Some(&17)),
+            "4 px wide → 8 px wide"
+        );
+    }
+
+    #[test]
+    fn draws_are_reproducible_and_differ_between_epochs() {
+        let items = vec![
+            MnistItem {
+                pixels: dot(14, 14),
+                label: 1
+            };
+            3
+        ];
+        let config = AugmentConfig {
+            rotation_degrees: 15.0,
+            translate_pixels: 3.0,
+            scale: 0.1,
+        };
+        let first = AugmentedDataset::new(InMemDataset::new(items.clone()), config.clone(), 9);
+        let second = AugmentedDataset::new(InMemDataset::new(items), config, 9);
+        let epoch_one = first.get(1).unwrap();
+        assert_eq!(
+            epoch_one,
+            second.get(1).unwrap(),
+            "same seed, index and draw"
+        );
+        assert_ne!(
+            epoch_one,
+            first.get(1).unwrap(),
+            "the next draw of the same image differs"
+        );
+    }
+
+    #[test]
+    fn ranges_are_validated() {
+        let bad = AugmentConfig {
+            rotation_degrees: -1.0,
+            translate_pixels: 0.0,
+            scale: 0.0,
+        };
+        assert!(bad.validate().unwrap_err().contains("rotation_degrees"));
+        let bad = AugmentConfig {
+            rotation_degrees: 0.0,
+            translate_pixels: 0.0,
+            scale: 1.5,
+        };
+        assert!(bad.validate().unwrap_err().contains("scale"));
+    }
+}
