@@ -49,7 +49,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
 /// Criterion benches, in the dev profile whose optimised Burn the tests already built.
 fn bench(criterion_args: &[String]) -> Result<ExitCode, String> {
     let packages = ["--package", "vit-data", "--package", "vit-model"];
-    let mut cargo = cargo(&["bench", "--profile", "dev"]);
+    let mut cargo = cargo(&["bench", "--profile", "dev", "--benches"]);
     cargo.args(packages).arg("--").args(criterion_args);
     exit_code(&mut cargo)
 }

@@ -10,6 +10,7 @@ mod run_dir;
 mod training;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use burn::data::dataset::Dataset;
@@ -122,8 +123,19 @@ impl RunArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Errors end the program with their whole chain of causes on stderr and a non-zero status,
+/// never a backtrace, whatever `RUST_BACKTRACE` says.
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let device = Device::default();
     match cli.command {
         Command::Train {
