@@ -176,3 +176,4 @@ mod tests {
         assert!(config.init(&Device::flex()).is_err());
     }
 }
+

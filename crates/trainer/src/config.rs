@@ -4,9 +4,14 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use burn::optim::AdamConfig;
+use burn::grad_clipping::GradientClippingConfig;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::lr_scheduler::LrSchedulerConfig;
 use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
+use burn::optim::lr_scheduler::linear::LinearLrSchedulerConfig;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
+use burn::optim::lr_scheduler::sequential::SequentialLrSchedulerConfig;
+use burn::optim::{AdamConfig, AdamWConfig, ModuleOptimizer};
 use serde::{Deserialize, Serialize};
 use vit_data::DataConfig;
 use vit_data::augment::AugmentConfig;
@@ -23,19 +28,42 @@ pub struct TrainingConfig {
     /// Random affine transforms of training images; absent means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment: Option<AugmentConfig>,
+    /// Probability mass moved from the true class to all classes evenly; 0 is plain
+    /// cross-entropy.
+    #[serde(default)]
+    pub label_smoothing: f32,
+    /// Stop when the validation loss has not improved for `patience` epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
     pub batch_size: usize,
     pub epochs: usize,
     pub seed: u64,
-    /// Threads that load and batch data while the model trains.
+    /// Threads that load and batch data while the model trains. One is plenty (the pipeline
+    /// is far faster than a training step), and with more the order in which batches arrive
+    /// depends on thread timing, so the same seed no longer gives the same run.
     #[serde(default = "default_workers")]
     pub num_workers: usize,
 }
 
-/// Adam, as in the tutorial.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    pub patience: usize,
+}
+
+/// Adam as in the tutorial, or AdamW.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerConfig {
+    #[serde(default)]
+    pub kind: OptimizerKind,
     pub learning_rate: f64,
+    /// Adam: an L2 penalty added to the gradients; AdamW: decoupled decay. 0 turns it off.
+    #[serde(default)]
+    pub weight_decay: f32,
+    /// Clip the gradient of each parameter tensor to at most this norm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_clip_norm: Option<f32>,
     #[serde(default = "default_beta_1")]
     pub beta_1: f32,
     #[serde(default = "default_beta_2")]
@@ -45,18 +73,31 @@ pub struct OptimizerConfig {
     pub epsilon: f32,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    #[default]
+    Adam,
+    AdamW,
+}
+
 /// How the learning rate moves over the run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Schedule {
     /// The tutorial's recipe: the same rate for every step.
     Constant,
-    /// Cosine decay from the optimiser's rate to `min_lr` over all steps of the run.
-    Cosine { min_lr: f64 },
+    /// A linear warm-up from 1 % of the optimiser's rate over `warmup_steps`, then cosine
+    /// decay to `min_lr` over the remaining steps of the run.
+    Cosine {
+        min_lr: f64,
+        #[serde(default)]
+        warmup_steps: usize,
+    },
 }
 
 fn default_workers() -> usize {
-    2
+    1
 }
 fn default_beta_1() -> f32 {
     0.9
@@ -87,10 +128,31 @@ impl TrainingConfig {
         if !(lr > 0.0 && lr <= 1.0) {
             bail!("optimizer.learning_rate {lr} must be in (0, 1]");
         }
-        if let Schedule::Cosine { min_lr } = self.schedule
+        if let Schedule::Cosine { min_lr, .. } = self.schedule
             && !(0.0..=lr).contains(&min_lr)
         {
             bail!("schedule.cosine.min_lr {min_lr} must be in [0, learning_rate {lr}]");
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            bail!("label_smoothing {} must be in [0, 1)", self.label_smoothing);
+        }
+        if !(self.optimizer.weight_decay >= 0.0) {
+            bail!(
+                "optimizer.weight_decay {} must be at least 0",
+                self.optimizer.weight_decay
+            );
+        }
+        if let Some(norm) = self.optimizer.grad_clip_norm
+            && !(norm > 0.0)
+        {
+            bail!("optimizer.grad_clip_norm {norm} must be greater than 0");
+        }
+        if self
+            .early_stopping
+            .as_ref()
+            .is_some_and(|e| e.patience == 0)
+        {
+            bail!("early_stopping.patience must be greater than 0");
         }
         if let Some(augment) = &self.augment {
             augment.validate().map_err(anyhow::Error::msg)?;
@@ -103,29 +165,148 @@ impl TrainingConfig {
         Ok(())
     }
 
-    pub fn optimizer(&self) -> AdamConfig {
-        AdamConfig::new()
-            .with_beta_1(self.optimizer.beta_1)
-            .with_beta_2(self.optimizer.beta_2)
-            .with_epsilon(self.optimizer.epsilon)
+    pub fn optimizer(&self) -> ModuleOptimizer {
+        let o = &self.optimizer;
+        let clipping = o.grad_clip_norm.map(GradientClippingConfig::Norm);
+        match o.kind {
+            OptimizerKind::Adam => AdamConfig::new()
+                .with_beta_1(o.beta_1)
+                .with_beta_2(o.beta_2)
+                .with_epsilon(o.epsilon)
+                .with_weight_decay(
+                    (o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay)),
+                )
+                .with_grad_clipping(clipping)
+                .init(),
+            OptimizerKind::AdamW => AdamWConfig::new()
+                .with_beta_1(o.beta_1)
+                .with_beta_2(o.beta_2)
+                .with_epsilon(o.epsilon)
+                .with_weight_decay(o.weight_decay)
+                .with_grad_clipping(clipping)
+                .init(),
+        }
     }
 
     /// The learning-rate scheduler for a run of `steps` optimiser steps.
     pub fn scheduler(&self, steps: usize) -> anyhow::Result<ModuleLrScheduler> {
         let lr = self.optimizer.learning_rate;
-        match self.schedule {
-            Schedule::Constant => Ok(lr.into()),
-            Schedule::Cosine { min_lr } => CosineAnnealingLrSchedulerConfig::new(lr, steps)
+        let scheduler = match self.schedule {
+            Schedule::Constant => return Ok(lr.into()),
+            Schedule::Cosine {
+                min_lr,
+                warmup_steps: 0,
+            } => CosineAnnealingLrSchedulerConfig::new(lr, steps)
                 .with_min_lr(min_lr)
+                .init(),
+            Schedule::Cosine {
+                min_lr,
+                warmup_steps,
+            } => {
+                if warmup_steps >= steps {
+                    bail!(
+                        "schedule.cosine.warmup_steps {warmup_steps} leaves none of the run's {steps} steps"
+                    );
+                }
+                let warmup = LinearLrSchedulerConfig::new(lr / 100.0, lr, warmup_steps);
+                let decay = CosineAnnealingLrSchedulerConfig::new(lr, steps - warmup_steps)
+                    .with_min_lr(min_lr);
+                SequentialLrSchedulerConfig::new(
+                    vec![
+                        LrSchedulerConfig::Linear(warmup),
+                        LrSchedulerConfig::Cosine(decay),
+                    ],
+                    vec![warmup_steps],
+                )
                 .init()
-                .map_err(anyhow::Error::msg),
-        }
+            }
+        };
+        scheduler.map_err(anyhow::Error::msg)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tutorial() -> TrainingConfig {
+        TrainingConfig::load(&configs_dir().join("vit-mnist-tutorial.json")).unwrap()
+    }
+
+    #[test]
+    fn warmup_rises_linearly_then_cosine_decays() {
+        let config = TrainingConfig {
+            schedule: Schedule::Cosine {
+                min_lr: 0.0,
+                warmup_steps: 10,
+            },
+            ..tutorial()
+        };
+        let mut scheduler = config.scheduler(110).unwrap();
+        let rates: Vec<f64> = (0..110).map(|_| scheduler.step().base()).collect();
+        assert!(rates[0] < 1e-4, "starts near lr/100: {}", rates[0]);
+        assert!(
+            rates.windows(2).take(9).all(|w| w[1] > w[0]),
+            "rises during warm-up: {rates:?}"
+        );
+        let peak = rates.iter().cloned().fold(0.0, f64::max);
+        assert!(
+            (peak - 3e-3).abs() < 1e-9,
+            "peaks at the optimiser's rate: {peak}"
+        );
+        assert!(
+            rates[10..].windows(2).all(|w| w[1] <= w[0]),
+            "then only falls: {rates:?}"
+        );
+        assert!(rates[109] < 1e-5, "ends near 0: {}", rates[109]);
+
+        let too_long = TrainingConfig {
+            schedule: Schedule::Cosine {
+                min_lr: 0.0,
+                warmup_steps: 110,
+            },
+            ..tutorial()
+        };
+        let error = too_long
+            .scheduler(110)
+            .err()
+            .expect("too long a warm-up is an error");
+        assert!(error.to_string().contains("warmup_steps 110"), "{error}");
+    }
+
+    #[test]
+    fn optimiser_options_are_read_and_checked() {
+        let json = r#"{"kind": "adamw", "learning_rate": 0.001, "weight_decay": 0.05, "grad_clip_norm": 1.0}"#;
+        let optimizer: OptimizerConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(optimizer.kind, OptimizerKind::AdamW);
+        let config = TrainingConfig {
+            optimizer,
+            label_smoothing: 0.1,
+            ..tutorial()
+        };
+        config.validate().unwrap();
+        config.optimizer();
+
+        let bad = TrainingConfig {
+            label_smoothing: 1.0,
+            ..tutorial()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("label_smoothing 1")
+        );
+        let bad = TrainingConfig {
+            early_stopping: Some(EarlyStopping { patience: 0 }),
+            ..tutorial()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("patience"));
+        assert!(
+            serde_json::from_str::<OptimizerConfig>(r#"{"kind": "sgd", "learning_rate": 0.1}"#)
+                .is_err()
+        );
+    }
 
     fn configs_dir() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
@@ -154,7 +335,22 @@ mod tests {
         assert_eq!(config.model, VitConfig::tutorial());
         assert_eq!((config.batch_size, config.epochs), (100, 10));
         assert_eq!(config.optimizer.learning_rate, 3e-3);
-        assert_eq!(config.schedule, Schedule::Cosine { min_lr: 0.0 });
+        assert_eq!(
+            config.schedule,
+            Schedule::Cosine {
+                min_lr: 0.0,
+                warmup_steps: 0
+            }
+        );
+        assert_eq!(config.optimizer.kind, OptimizerKind::Adam);
+        assert_eq!(
+            (
+                config.optimizer.weight_decay,
+                config.optimizer.grad_clip_norm
+            ),
+            (0.0, None)
+        );
+        assert_eq!((config.label_smoothing, config.early_stopping), (0.0, None));
         assert_eq!(config.data.valid_size, 5_000);
         assert_eq!(
             config.augment, None,

@@ -33,10 +33,13 @@ pub fn best_valid_epoch(history: &[EpochMetrics]) -> Option<usize> {
     history
         .iter()
         .filter_map(|m| Some((m.epoch, m.valid_accuracy?)))
-        .fold(None, |best: Option<(usize, f64)>, (epoch, accuracy)| match best {
-            Some((_, top)) if top >= accuracy => best,
-            _ => Some((epoch, accuracy)),
-        })
+        .fold(
+            None,
+            |best: Option<(usize, f64)>, (epoch, accuracy)| match best {
+                Some((_, top)) if top >= accuracy => best,
+                _ => Some((epoch, accuracy)),
+            },
+        )
         .map(|(epoch, _)| epoch)
 }
 
@@ -47,9 +50,14 @@ fn epoch_mean(path: &Path) -> Option<f64> {
         .lines()
         .filter_map(|line| {
             let (value, count) = line.split_once(',')?;
-            Some((value.trim().parse::<f64>().ok()?, count.trim().parse::<f64>().ok()?))
+            Some((
+                value.trim().parse::<f64>().ok()?,
+                count.trim().parse::<f64>().ok()?,
+            ))
         })
-        .fold((0.0, 0.0), |(sum, total), (value, count)| (sum + value * count, total + count));
+        .fold((0.0, 0.0), |(sum, total), (value, count)| {
+            (sum + value * count, total + count)
+        });
     (count > 0.0).then(|| sum / count)
 }
 

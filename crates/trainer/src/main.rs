@@ -2,8 +2,11 @@
 //! (cargo features `flex`, `ndarray`, `wgpu`, `tch`; with several, Burn picks one and the
 //! `BURN_DEVICE` variable can name another).
 
+mod charts;
 mod config;
 mod evaluation;
+mod guard;
+mod history;
 mod infer;
 mod renderer;
 mod run_dir;
@@ -50,8 +53,11 @@ enum Command {
         /// Override the config's number of epochs.
         #[arg(long)]
         epochs: Option<usize>,
+        /// Continue an unfinished run from its last complete checkpoint, with its own config.
+        #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "run", "epochs"])]
+        resume: Option<PathBuf>,
     },
-    /// Evaluate a finished run on the MNIST test set.
+    /// Evaluate a finished run on the MNIST test set; writes confusion.png into the run.
     Eval {
         #[command(flatten)]
         run: RunArgs,
@@ -144,7 +150,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             artifacts,
             run,
             epochs,
+            resume,
         } => {
+            if let Some(path) = resume {
+                let run = RunDir::resume(&path)?;
+                let config = TrainingConfig::load(&run.training_config_path())?;
+                let epoch = run.last_checkpoint();
+                println!("resuming {} after epoch {epoch}", run.path().display());
+                training::train(&config, &data.dir()?, &run, &device, epoch)?;
+                return Ok(());
+            }
             let mut config = TrainingConfig::load(&config_path)?;
             if let Some(epochs) = epochs {
                 config.epochs = epochs;
@@ -152,7 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let name = run.unwrap_or_else(|| default_run_name(&config_path));
             let run = RunDir::create(&artifacts, &name)?;
-            training::train(&config, &data.dir()?, &run, &device)?;
+            training::train(&config, &data.dir()?, &run, &device, 0)?;
         }
         Command::Eval { run, data } => {
             let run = run.open()?;
@@ -161,6 +176,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let test_set = MnistDataset::load(&data.dir()?, Split::Test, &data_config)?;
             let evaluation = evaluation::evaluate(&model, &test_set, 500, &device);
             println!("{} on {device:?}: test {evaluation}", run.path().display());
+            let chart = run.path().join(charts::CONFUSION_CHART);
+            charts::confusion_matrix(&evaluation.confusion, &chart)?;
+            println!("confusion matrix drawn in {}", chart.display());
         }
         Command::AugmentPreview {
             config: config_path,

@@ -131,19 +131,19 @@ impl TrainingProgressLogger for LineRenderer {
         let seconds = self.elapsed();
         let rate = items as f64 / seconds.max(1e-9);
         let eta = (self.split_items - items) as f64 / rate.max(1e-9);
-        let loss = self
-            .values
-            .iter()
-            .find(|(n, _)| n == "Loss")
-            .map(|(_, m)| m.value());
+        let metric = |name: &str| self.values.iter().find(|(n, _)| n == name).map(|(_, m)| *m);
+        let loss = metric("Loss");
+        let accuracy = metric("Accuracy").map(|m| m.value());
         println!(
-            "epoch {}/{} {:<5} {:>3.0}% ({items}/{}) loss {} {rate:.0} img/s ETA {}",
+            "epoch {}/{} {:<5} step {:>4} {:>3.0}% ({items}/{}) loss {} acc {} {rate:.0} img/s ETA {}",
             self.epoch,
             self.epochs,
             self.split,
+            loss.map_or(0.0, |m| m.count),
             100.0 * items as f64 / self.split_items as f64,
             self.split_items,
-            loss.map_or("-".into(), |l| format!("{l:.4}")),
+            loss.map_or("-".into(), |m| format!("{:.4}", m.value())),
+            accuracy.map_or("-".into(), |a| format!("{a:.2} %")),
             minutes_seconds(eta),
         );
     }

@@ -25,15 +25,72 @@ impl RunDir {
     /// Creates `artifacts/<name>/`, refusing to reuse a directory that already holds a run.
     pub fn create(artifacts: &Path, name: &str) -> anyhow::Result<Self> {
         let path = artifacts.join(name);
-        if path.join(TRAINING_CONFIG_FILE).exists() || path.join(artifact::RECORD_FILE).exists() {
+        if path.join(artifact::RECORD_FILE).exists() {
             bail!(
-                "{} already holds a run; choose another name with --run",
+                "{} already holds a finished run; choose another name with --run",
+                path.display()
+            );
+        }
+        if path.join(TRAINING_CONFIG_FILE).exists() {
+            bail!(
+                "{} already holds an unfinished run; continue it with --resume {0}, or choose \
+                 another name with --run",
                 path.display()
             );
         }
         std::fs::create_dir_all(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Self { path })
+    }
+
+    /// Opens an unfinished run to continue it: one with a saved config and no model yet.
+    pub fn resume(path: &Path) -> anyhow::Result<Self> {
+        if path.join(artifact::RECORD_FILE).exists() {
+            bail!(
+                "{} is a finished run: there is nothing to resume",
+                path.display()
+            );
+        }
+        if !path.join(TRAINING_CONFIG_FILE).is_file() {
+            bail!(
+                "{} is not a run directory: it has no {TRAINING_CONFIG_FILE}",
+                path.display()
+            );
+        }
+        Ok(Self { path: path.into() })
+    }
+
+    pub fn training_config_path(&self) -> PathBuf {
+        self.path.join(TRAINING_CONFIG_FILE)
+    }
+
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.path.join("checkpoint")
+    }
+
+    /// The last epoch whose model, optimiser and scheduler checkpoints are all on disk; 0 if
+    /// none is. A kill between the three files leaves that epoch incomplete, and it is skipped.
+    pub fn last_checkpoint(&self) -> usize {
+        let dir = self.checkpoint_dir();
+        let complete = |epoch: &usize| {
+            ["model", "optim", "scheduler"]
+                .iter()
+                .all(|kind| dir.join(format!("{kind}-{epoch}.bpk")).is_file())
+        };
+        std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                name.strip_prefix("model-")?
+                    .strip_suffix(".bpk")?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .filter(complete)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Opens a finished run: one that holds a saved model.
@@ -140,7 +197,39 @@ mod tests {
         let error = RunDir::create(artifacts.path(), "a")
             .unwrap_err()
             .to_string();
-        assert!(error.contains("already holds a run"), "{error}");
+        assert!(
+            error.contains("unfinished run") && error.contains("--resume"),
+            "{error}"
+        );
+        std::fs::write(run.path().join(artifact::RECORD_FILE), "").unwrap();
+        let error = RunDir::create(artifacts.path(), "a")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("finished run"), "{error}");
+        assert!(
+            RunDir::resume(run.path())
+                .unwrap_err()
+                .to_string()
+                .contains("nothing to resume")
+        );
+    }
+
+    #[test]
+    fn the_last_checkpoint_is_the_last_complete_one() {
+        let artifacts = tempfile::tempdir().unwrap();
+        let run = RunDir::create(artifacts.path(), "a").unwrap();
+        assert_eq!(run.last_checkpoint(), 0);
+        std::fs::create_dir_all(run.checkpoint_dir()).unwrap();
+        for file in [
+            "model-2.bpk",
+            "optim-2.bpk",
+            "scheduler-2.bpk",
+            "model-3.bpk",
+            "optim-3.bpk",
+        ] {
+            std::fs::write(run.checkpoint_dir().join(file), "").unwrap();
+        }
+        assert_eq!(run.last_checkpoint(), 2, "epoch 3 has no scheduler state");
     }
 
     #[test]

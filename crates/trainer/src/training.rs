@@ -1,40 +1,56 @@
-//! `train`: the tutorial's recipe on burn-train's Learner, then the saved model and its report.
+//! `train`: burn-train's Learner on the configured recipe, then the best checkpoint exported,
+//! evaluated once on the test set, and reported with charts. A run killed part-way continues
+//! from its last complete checkpoint with `train --resume`.
 
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::Dataset;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
+use burn::train::checkpoint::{
+    ComposedCheckpointingStrategy, KeepLastNCheckpoints, MetricCheckpointingStrategy,
+};
+use burn::train::metric::store::{Aggregate, Direction, Split as MetricSplit};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
 use burn::train::{
-    ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
+    ClassificationOutput, InferenceStep, Learner, MetricEarlyStoppingStrategy, StoppingCondition,
+    SupervisedTraining, TrainOutput, TrainStep,
 };
 use serde::{Deserialize, Serialize};
 use vit_data::augment::AugmentedDataset;
 use vit_data::{MnistBatch, MnistBatcher, MnistDataset, MnistItem, Split};
 use vit_model::{Vit, artifact};
 
+use crate::charts;
 use crate::config::TrainingConfig;
 use crate::evaluation::{Evaluation, evaluate};
+use crate::guard::DivergenceGuard;
+use crate::history::{self, EpochMetrics};
 use crate::renderer::{LineRenderer, minutes_seconds};
 use crate::run_dir::{REPORT_FILE, RunDir};
 
-/// The ViT with a classification loss, as burn-train's Learner wants it.
+/// The ViT with its training loss, as burn-train's Learner wants it.
 #[derive(Module, Debug)]
 pub struct Classifier {
     pub vit: Vit,
+    #[module(skip)]
+    label_smoothing: f32,
+    #[module(skip)]
+    guard: DivergenceGuard,
 }
 
 impl Classifier {
     fn classify(&self, batch: MnistBatch) -> ClassificationOutput {
         let logits = self.vit.forward(batch.images);
         // Cross-entropy on logits is the tutorial's log-softmax followed by NLL.
+        let smoothing = (self.label_smoothing > 0.0).then_some(self.label_smoothing);
         let loss = CrossEntropyLossConfig::new()
+            .with_smoothing(smoothing)
             .init(&logits.device())
             .forward(logits.clone(), batch.targets.clone());
         ClassificationOutput::new(loss, logits, batch.targets)
@@ -47,6 +63,7 @@ impl TrainStep for Classifier {
 
     fn step(&self, batch: MnistBatch) -> TrainOutput<ClassificationOutput> {
         let output = self.classify(batch);
+        self.guard.check(&output.loss);
         TrainOutput::new(self, output.loss.backward(), output)
     }
 }
@@ -65,15 +82,21 @@ impl InferenceStep for Classifier {
 pub struct RunReport {
     pub backend: String,
     pub parameters: usize,
+    /// Epochs the config asked for.
     pub epochs: usize,
+    /// Epochs that ran (fewer when early stopping ended the run).
+    pub epochs_run: usize,
+    /// The epoch with the best validation accuracy, whose weights were exported and tested.
+    pub exported_epoch: usize,
     pub train_images: usize,
     pub valid_images: usize,
-    /// Seconds from the start of training to the saved report.
+    /// Seconds from the start (or the resumption) of training to the saved report.
     pub wall_seconds: f64,
-    /// Seconds inside the Learner: training and validation passes of every epoch.
+    /// Seconds inside the Learner: training and validation passes.
     pub learner_seconds: f64,
     /// Training images per second of Learner time (validation passes included).
     pub train_images_per_second: f64,
+    pub history: Vec<EpochMetrics>,
     pub test: Evaluation,
 }
 
@@ -88,27 +111,50 @@ fn train_loader(
         .build(dataset)
 }
 
+/// Keeps the last checkpoint (to resume from) and the one with the best validation accuracy
+/// (to export).
+fn keep_last_and_best() -> ComposedCheckpointingStrategy {
+    ComposedCheckpointingStrategy::builder()
+        .add(KeepLastNCheckpoints::new(1))
+        .add(MetricCheckpointingStrategy::new(
+            &AccuracyMetric::new(),
+            Aggregate::Mean,
+            Direction::Highest,
+            MetricSplit::Valid,
+        ))
+        .build()
+}
+
 /// Trains `config` on the MNIST files in `data_dir`, writing everything into `run`.
+/// `resume_from` is the checkpoint epoch to continue after (0: from the start).
 pub fn train(
     config: &TrainingConfig,
     data_dir: &Path,
     run: &RunDir,
     device: &Device,
+    resume_from: usize,
 ) -> anyhow::Result<RunReport> {
     let started = Instant::now();
-    run.save_config(config)?;
+    if resume_from == 0 {
+        run.save_config(config)?;
+    }
     let train_set = MnistDataset::load(data_dir, Split::Train, &config.data)?;
     let valid_set = MnistDataset::load(data_dir, Split::Valid, &config.data)?;
     let (train_images, valid_images) = (train_set.len(), valid_set.len());
+    let steps_per_epoch = train_images.div_ceil(config.batch_size);
 
     device.seed(config.seed);
+    let guard = DivergenceGuard::new();
     let model = Classifier {
         vit: config.model.init(&device.clone().autodiff())?,
+        label_smoothing: config.label_smoothing,
+        guard: guard.clone(),
     };
     let parameters = model.num_params();
     println!(
-        "training {parameters} parameters on {device:?}: {train_images} training and {valid_images} validation \
-         images, {} epochs, run directory {}",
+        "training {parameters} parameters on {device:?}: {train_images} training and \
+         {valid_images} validation images, epochs {}-{}, run directory {}",
+        resume_from + 1,
         config.epochs,
         run.path().display()
     );
@@ -124,48 +170,117 @@ pub fn train(
         .batch_size(config.batch_size)
         .num_workers(config.num_workers)
         .build(valid_set);
-    let steps = config.epochs * train_images.div_ceil(config.batch_size);
-    let learner = Learner::new(model, config.optimizer().init(), config.scheduler(steps)?);
+    let scheduler = config.scheduler(config.epochs * steps_per_epoch)?;
+    let learner = Learner::new(model, config.optimizer(), scheduler);
 
     let mut training = SupervisedTraining::new(run.path(), train_loader, valid_loader)
         .metrics((AccuracyMetric::new(), LossMetric::new()))
         .metric_train_numeric(LearningRateMetric::new())
         .with_default_checkpointers()
+        .with_checkpointing_strategy(keep_last_and_best())
         .num_epochs(config.epochs)
         .summary();
+    if let Some(early_stopping) = &config.early_stopping {
+        training = training.early_stopping(MetricEarlyStoppingStrategy::new(
+            &LossMetric::new(),
+            Aggregate::Mean,
+            Direction::Lowest,
+            MetricSplit::Valid,
+            StoppingCondition::NoImprovementSince {
+                n_epochs: early_stopping.patience,
+            },
+        ));
+    }
+    if resume_from > 0 {
+        training = training.checkpoint(resume_from);
+    }
     if !std::io::stdout().is_terminal() {
         training = training.renderer(Box::new(LineRenderer::default()));
     }
+    let interrupter = training.interrupter();
+    guard.arm(interrupter.clone(), steps_per_epoch, resume_from + 1);
+
     let learner_start = Instant::now();
     let result = training.launch(learner);
     let learner_seconds = learner_start.elapsed().as_secs_f64();
+    let last_good = run.last_checkpoint();
+    let resume_hint = format!(
+        "the last complete checkpoint is epoch {last_good} in {}",
+        run.checkpoint_dir().display()
+    );
+    if let Some(divergence) = guard.divergence() {
+        bail!(
+            "training diverged: the loss became {} at epoch {}, step {}. Nothing was exported; \
+             {resume_hint}. Lower the learning rate or clip gradients and train again.",
+            divergence.loss,
+            divergence.epoch,
+            divergence.step
+        );
+    }
+    if interrupter.should_stop() {
+        bail!(
+            "training was stopped before its end; {resume_hint}. Continue with `train --resume {}`.",
+            run.path().display()
+        );
+    }
 
-    artifact::save(&result.model.vit, &config.model, run.path())?;
-    drop(result);
+    let history = history::read(run.path());
+    let exported_epoch = export_best(result.model, &history, config, run)?;
+    charts::learning_curves(&history, run.path())?;
 
-    // The test set is touched once, here, by the model just saved.
+    // The test set is touched once, here, by the exported model.
     let test_set = MnistDataset::load(data_dir, Split::Test, &config.data)?;
     let (vit, _) = artifact::load(run.path(), device)?;
     let test = evaluate(&vit, &test_set, config.batch_size.max(500), device);
+    charts::confusion_matrix(&test.confusion, &run.path().join(charts::CONFUSION_CHART))?;
+    let epochs_run = history.len();
+    let trained_images = train_images * (epochs_run - resume_from.min(epochs_run));
     let report = RunReport {
         backend: format!("{device:?}"),
         parameters,
         epochs: config.epochs,
+        epochs_run,
+        exported_epoch,
         train_images,
         valid_images,
         wall_seconds: started.elapsed().as_secs_f64(),
         learner_seconds,
-        train_images_per_second: (train_images * config.epochs) as f64 / learner_seconds,
+        train_images_per_second: trained_images as f64 / learner_seconds,
+        history,
         test,
     };
     run.write_json(REPORT_FILE, &report)
         .context("cannot write the report")?;
+    println!("exported epoch {exported_epoch} (best validation accuracy of {epochs_run} epochs)");
     println!("test {}", report.test);
     println!(
-        "wall time {} ({:.0} training images/s); model and report in {}",
+        "wall time {} ({:.0} training images/s); model, report and charts in {}",
         minutes_seconds(report.wall_seconds),
         report.train_images_per_second,
         run.path().display()
     );
     Ok(report)
+}
+
+/// Saves the weights of the epoch with the best validation accuracy as the run's model, or the
+/// final weights when that checkpoint is gone. Returns the epoch exported.
+fn export_best(
+    last: Classifier,
+    history: &[EpochMetrics],
+    config: &TrainingConfig,
+    run: &RunDir,
+) -> anyhow::Result<usize> {
+    let last_epoch = history.len();
+    let best = history::best_valid_epoch(history).unwrap_or(last_epoch);
+    let checkpoint = run.checkpoint_dir().join(format!("model-{best}.bpk"));
+    let (model, epoch) = if best != last_epoch && checkpoint.is_file() {
+        let model = last
+            .try_load_file(&checkpoint)
+            .map_err(|error| anyhow::anyhow!("{}: {error:?}", checkpoint.display()))?;
+        (model, best)
+    } else {
+        (last, last_epoch)
+    };
+    artifact::save(&model.vit, &config.model, run.path())?;
+    Ok(epoch)
 }

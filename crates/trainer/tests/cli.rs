@@ -151,7 +151,7 @@ fn train_then_eval_then_infer_on_synthetic_digits() {
     ]);
     assert!(!again.status.success());
     assert!(
-        text(&again).contains("already holds a run"),
+        text(&again).contains("already holds a finished run"),
         "{}",
         text(&again)
     );

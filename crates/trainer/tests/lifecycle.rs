@@ -1,0 +1,227 @@
+//! A run's life as a user meets it: killed with SIGKILL mid-epoch and resumed, reproducible
+//! from its seed, and stopped with a clear message when the loss stops being a number.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use vit_data::idx::encode;
+
+const TRAINER: &str = env!("CARGO_BIN_EXE_vit-trainer");
+
+fn trainer() -> Command {
+    let mut command = Command::new(TRAINER);
+    command
+        .env_remove("MNIST_DIR")
+        .env_remove("VIT_TRAINER_INJECT_NAN_AT_STEP");
+    command
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A synthetic MNIST directory: image i shows a bar on row 2 + 2·(i mod 10).
+fn synthetic_mnist(dir: &Path, train: u32, test: u32) {
+    let write = |name: &str, n: u32| {
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        let pixels: Vec<u8> = labels
+            .iter()
+            .flat_map(|&label| {
+                let mut image = vec![0u8; 784];
+                let row = 2 + 2 * usize::from(label);
+                image[row * 28 + 4..row * 28 + 24].fill(255);
+                image
+            })
+            .collect();
+        std::fs::write(
+            dir.join(format!("{name}-images-idx3-ubyte")),
+            encode(&[n, 28, 28], &pixels),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("{name}-labels-idx1-ubyte")),
+            encode(&[n], &labels),
+        )
+        .unwrap();
+    };
+    write("train", train);
+    write("t10k", test);
+}
+
+/// A work directory with synthetic data and the smoke config adjusted by `edit`.
+struct Work {
+    dir: tempfile::TempDir,
+}
+
+impl Work {
+    fn new(train_images: u32, edit: impl FnOnce(&mut serde_json::Value)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        synthetic_mnist(&dir.path().join("data"), train_images, 100);
+        let smoke = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/smoke.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(smoke).unwrap()).unwrap();
+        config["data"] = serde_json::json!({ "valid_size": 100 });
+        edit(&mut config);
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn train(&self, run: &str) -> Command {
+        let mut command = trainer();
+        command
+            .arg("train")
+            .arg("--config")
+            .arg(self.path("config.json"))
+            .arg("--data-dir")
+            .arg(self.path("data"))
+            .arg("--artifacts")
+            .arg(self.path("artifacts"))
+            .arg("--run")
+            .arg(run);
+        command
+    }
+
+    fn report(&self, run: &str) -> serde_json::Value {
+        let path = self.path("artifacts").join(run).join("report.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+}
+
+#[test]
+fn a_run_killed_mid_epoch_resumes_from_its_last_checkpoint() {
+    let work = Work::new(4100, |config| config["epochs"] = 4.into());
+    let run_dir = work.path("artifacts").join("killed");
+    let checkpoint = |epoch: usize| {
+        ["model", "optim", "scheduler"].iter().all(|kind| {
+            run_dir
+                .join(format!("checkpoint/{kind}-{epoch}.bpk"))
+                .is_file()
+        })
+    };
+
+    let mut child = work
+        .train("killed")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !checkpoint(1) {
+        assert!(Instant::now() < deadline, "no checkpoint after two minutes");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Into the second epoch, then SIGKILL: no chance to clean up.
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !run_dir.join("model.bpk").exists(),
+        "the killed run must not look finished"
+    );
+    assert!(!checkpoint(4), "the kill came too late to test a resume");
+
+    let resumed = trainer()
+        .arg("train")
+        .arg("--resume")
+        .arg(&run_dir)
+        .arg("--data-dir")
+        .arg(work.path("data"))
+        .output()
+        .unwrap();
+
+    let output = text(&resumed);
+    assert!(resumed.status.success(), "{output}");
+    assert!(
+        output.contains("resuming") && output.contains("after epoch"),
+        "{output}"
+    );
+    assert!(!output.contains("epochs 1-4"), "it started over:\n{output}");
+    let report = work.report("killed");
+    assert_eq!(report["epochs_run"], 4);
+    assert_eq!(report["history"].as_array().unwrap().len(), 4);
+    for file in [
+        "model.bpk",
+        "model-config.json",
+        "loss.png",
+        "accuracy.png",
+        "confusion.png",
+    ] {
+        assert!(
+            run_dir.join(file).is_file(),
+            "{file} missing after the resumed run"
+        );
+    }
+    let finished_again = trainer()
+        .arg("train")
+        .arg("--resume")
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    assert!(
+        text(&finished_again).contains("nothing to resume"),
+        "{}",
+        text(&finished_again)
+    );
+}
+
+#[test]
+fn the_same_config_and_seed_give_the_same_metrics() {
+    let work = Work::new(600, |config| config["epochs"] = 2.into());
+    for run in ["first", "second"] {
+        let output = work.train(run).output().unwrap();
+        assert!(output.status.success(), "{}", text(&output));
+    }
+    let (first, second) = (work.report("first"), work.report("second"));
+    assert_eq!(first["history"], second["history"]);
+    assert_eq!(first["test"], second["test"]);
+}
+
+#[test]
+fn a_diverging_loss_stops_the_run_naming_epoch_and_step() {
+    let work = Work::new(600, |config| config["epochs"] = 3.into());
+    // 500 images at batch 50: 10 steps an epoch, so step 13 of the run is epoch 2, step 3.
+    let output = work
+        .train("nan")
+        .env("VIT_TRAINER_INJECT_NAN_AT_STEP", "13")
+        .output()
+        .unwrap();
+
+    let message = text(&output);
+    assert!(!output.status.success(), "{message}");
+    assert!(
+        message.contains("diverged") && message.contains("epoch 2, step 3"),
+        "{message}"
+    );
+    assert!(
+        message.contains("last complete checkpoint is epoch 1"),
+        "{message}"
+    );
+    assert!(!message.contains("panicked"), "{message}");
+    let run_dir = work.path("artifacts").join("nan");
+    assert!(
+        !run_dir.join("model.bpk").exists(),
+        "a diverged model is not exported"
+    );
+    assert!(
+        run_dir.join("checkpoint/model-1.bpk").is_file(),
+        "the last good checkpoint is kept"
+    );
+    assert!(
+        !run_dir.join("checkpoint/model-2.bpk").exists(),
+        "the diverged epoch is not checkpointed"
+    );
+}
