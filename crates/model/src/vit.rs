@@ -176,4 +176,3 @@ mod tests {
         assert!(config.init(&Device::flex()).is_err());
     }
 }
-

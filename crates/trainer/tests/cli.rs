@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use vit_data::idx::encode;
+mod common;
+
+use common::{bar, bar_label, synthetic_mnist, text};
 
 const TRAINER: &str = env!("CARGO_BIN_EXE_vit-trainer");
 
@@ -20,42 +22,6 @@ fn run(args: &[&str]) -> Output {
         "the trainer panicked:\n{stderr}"
     );
     output
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// The synthetic digit `label`: a bright bar on row 2 + 2·label, as raw 28×28 bytes.
-fn bar(label: u8) -> Vec<u8> {
-    let mut pixels = vec![0u8; 784];
-    let row = 2 + 2 * usize::from(label);
-    pixels[row * 28 + 4..row * 28 + 24].fill(255);
-    pixels
-}
-
-/// A four-file MNIST directory of bars: `train` training images, `test` test images.
-fn synthetic_mnist(dir: &Path, train: u32, test: u32) {
-    let write = |name: &str, n: u32| {
-        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-        let pixels: Vec<u8> = labels.iter().flat_map(|&l| bar(l)).collect();
-        std::fs::write(
-            dir.join(format!("{name}-images-idx3-ubyte")),
-            encode(&[n, 28, 28], &pixels),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join(format!("{name}-labels-idx1-ubyte")),
-            encode(&[n], &labels),
-        )
-        .unwrap();
-    };
-    write("train", train);
-    write("t10k", test);
 }
 
 fn smoke_config(dir: &Path, valid_size: usize, epochs: usize) -> PathBuf {
@@ -78,7 +44,7 @@ fn train_then_eval_then_infer_on_synthetic_digits() {
     let work = tempfile::tempdir().unwrap();
     let (data, artifacts) = (work.path().join("data"), work.path().join("artifacts"));
     std::fs::create_dir_all(&data).unwrap();
-    synthetic_mnist(&data, 700, 100);
+    synthetic_mnist(&data, 700, 100, bar_label);
     let config = smoke_config(work.path(), 100, 8);
     let [config, data, artifacts] =
         [&config, &data, &artifacts].map(|p| p.to_str().unwrap().to_string());
@@ -235,7 +201,7 @@ fn augment_preview_draws_a_grid_of_what_the_model_sees() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    synthetic_mnist(&data, 30, 10);
+    synthetic_mnist(&data, 30, 10, bar_label);
     let augmented =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/vit-mnist-augmented.json");
     let mut json: serde_json::Value =

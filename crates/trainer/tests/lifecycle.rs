@@ -2,10 +2,12 @@
 //! from its seed, and stopped with a clear message when the loss stops being a number.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vit_data::idx::encode;
+mod common;
+
+use common::{bar_label, synthetic_mnist, text};
 
 const TRAINER: &str = env!("CARGO_BIN_EXE_vit-trainer");
 
@@ -17,42 +19,6 @@ fn trainer() -> Command {
     command
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// A synthetic MNIST directory: image i shows a bar on row 2 + 2·(i mod 10).
-fn synthetic_mnist(dir: &Path, train: u32, test: u32) {
-    let write = |name: &str, n: u32| {
-        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-        let pixels: Vec<u8> = labels
-            .iter()
-            .flat_map(|&label| {
-                let mut image = vec![0u8; 784];
-                let row = 2 + 2 * usize::from(label);
-                image[row * 28 + 4..row * 28 + 24].fill(255);
-                image
-            })
-            .collect();
-        std::fs::write(
-            dir.join(format!("{name}-images-idx3-ubyte")),
-            encode(&[n, 28, 28], &pixels),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join(format!("{name}-labels-idx1-ubyte")),
-            encode(&[n], &labels),
-        )
-        .unwrap();
-    };
-    write("train", train);
-    write("t10k", test);
-}
-
 /// A work directory with synthetic data and the smoke config adjusted by `edit`.
 struct Work {
     dir: tempfile::TempDir,
@@ -60,9 +26,17 @@ struct Work {
 
 impl Work {
     fn new(train_images: u32, edit: impl FnOnce(&mut serde_json::Value)) -> Self {
+        Self::with_labels(train_images, bar_label, edit)
+    }
+
+    fn with_labels(
+        train_images: u32,
+        label: fn(u32) -> u8,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
-        synthetic_mnist(&dir.path().join("data"), train_images, 100);
+        synthetic_mnist(&dir.path().join("data"), train_images, 100, label);
         let smoke = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/smoke.json");
         let mut config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(smoke).unwrap()).unwrap();
@@ -223,5 +197,30 @@ fn a_diverging_loss_stops_the_run_naming_epoch_and_step() {
     assert!(
         !run_dir.join("checkpoint/model-2.bpk").exists(),
         "the diverged epoch is not checkpointed"
+    );
+}
+
+#[test]
+fn early_stopping_ends_a_run_whose_validation_loss_stops_improving() {
+    // Labels that have nothing to do with the images: the model can only memorise the training
+    // split, so the validation loss soon rises, and patience 1 ends the run.
+    let noise = |i: u32| (i.wrapping_mul(2_654_435_761) >> 7) as u8 % 10;
+    let work = Work::with_labels(600, noise, |config| {
+        config["epochs"] = 12.into();
+        config["early_stopping"] = serde_json::json!({ "patience": 1 });
+    });
+
+    let output = work.train("stops").output().unwrap();
+
+    assert!(output.status.success(), "{}", text(&output));
+    let report = work.report("stops");
+    let epochs_run = report["epochs_run"].as_u64().unwrap();
+    assert!(epochs_run < 12, "early stopping never fired: {report}");
+    let history = report["history"].as_array().unwrap();
+    let valid_loss = |epoch: u64| history[epoch as usize - 1]["valid_loss"].as_f64().unwrap();
+    let best = (1..=epochs_run).map(valid_loss).fold(f64::MAX, f64::min);
+    assert!(
+        valid_loss(epochs_run) > best,
+        "it stopped while still improving: {report}"
     );
 }

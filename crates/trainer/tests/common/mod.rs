@@ -1,0 +1,45 @@
+//! What the trainer's end-to-end tests share: a synthetic MNIST on disk and the trainer's output.
+// Each test binary includes this module and uses only part of it.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Output;
+
+use vit_data::idx::encode;
+
+/// The synthetic digit `row`: a bright bar on row 2 + 2·row, as raw 28×28 bytes.
+pub fn bar(row: u8) -> Vec<u8> {
+    let mut pixels = vec![0u8; 784];
+    let row = 2 + 2 * usize::from(row);
+    pixels[row * 28 + 4..row * 28 + 24].fill(255);
+    pixels
+}
+
+/// The usual labelling: image i shows the bar of digit i mod 10 and is labelled so.
+pub fn bar_label(i: u32) -> u8 {
+    (i % 10) as u8
+}
+
+/// A four-file MNIST directory: image i shows the bar of digit i mod 10 and is labelled by
+/// `label(i)`; `train` training images, `test` test images.
+pub fn synthetic_mnist(dir: &Path, train: u32, test: u32, label: fn(u32) -> u8) {
+    let write = |name: &str, n: u32| {
+        let labels: Vec<u8> = (0..n).map(label).collect();
+        let pixels: Vec<u8> = (0..n).flat_map(|i| bar((i % 10) as u8)).collect();
+        let images = dir.join(format!("{name}-images-idx3-ubyte"));
+        std::fs::write(images, encode(&[n, 28, 28], &pixels)).unwrap();
+        let labels_file = dir.join(format!("{name}-labels-idx1-ubyte"));
+        std::fs::write(labels_file, encode(&[n], &labels)).unwrap();
+    };
+    write("train", train);
+    write("t10k", test);
+}
+
+/// Everything the trainer printed, stdout then stderr.
+pub fn text(output: &Output) -> String {
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    format!("{stdout}{stderr}")
+}
