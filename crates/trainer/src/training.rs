@@ -197,30 +197,21 @@ pub fn train(
     if !std::io::stdout().is_terminal() {
         training = training.renderer(Box::new(LineRenderer::default()));
     }
-    let interrupter = training.interrupter();
-    guard.arm(interrupter.clone(), steps_per_epoch, resume_from + 1);
+    guard.arm(training.interrupter(), steps_per_epoch, resume_from + 1);
 
     let learner_start = Instant::now();
     let result = training.launch(learner);
     let learner_seconds = learner_start.elapsed().as_secs_f64();
-    let last_good = run.last_checkpoint();
-    let resume_hint = format!(
-        "the last complete checkpoint is epoch {last_good} in {}",
-        run.checkpoint_dir().display()
-    );
     if let Some(divergence) = guard.divergence() {
         bail!(
             "training diverged: the loss became {} at epoch {}, step {}. Nothing was exported; \
-             {resume_hint}. Lower the learning rate or clip gradients and train again.",
+             the last complete checkpoint is epoch {} in {}. Lower the learning rate or clip \
+             gradients and train again.",
             divergence.loss,
             divergence.epoch,
-            divergence.step
-        );
-    }
-    if interrupter.should_stop() {
-        bail!(
-            "training was stopped before its end; {resume_hint}. Continue with `train --resume {}`.",
-            run.path().display()
+            divergence.step,
+            run.last_checkpoint(),
+            run.checkpoint_dir().display()
         );
     }
 
