@@ -49,7 +49,7 @@ fn train_then_eval_then_infer_on_synthetic_digits() {
     let [config, data, artifacts] =
         [&config, &data, &artifacts].map(|p| p.to_str().unwrap().to_string());
 
-    let trained = run(&[
+    let train_bars = [
         "train",
         "--config",
         &config,
@@ -59,7 +59,8 @@ fn train_then_eval_then_infer_on_synthetic_digits() {
         &artifacts,
         "--run",
         "bars",
-    ]);
+    ];
+    let trained = run(&train_bars);
     assert!(trained.status.success(), "{}", text(&trained));
     let run_dir = Path::new(&artifacts).join("bars");
     for file in [
@@ -104,17 +105,7 @@ fn train_then_eval_then_infer_on_synthetic_digits() {
         text(&inferred)
     );
 
-    let again = run(&[
-        "train",
-        "--config",
-        &config,
-        "--data-dir",
-        &data,
-        "--artifacts",
-        &artifacts,
-        "--run",
-        "bars",
-    ]);
+    let again = run(&train_bars);
     assert!(!again.status.success());
     assert!(
         text(&again).contains("already holds a finished run"),
