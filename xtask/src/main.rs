@@ -3,20 +3,30 @@
 //! - `train [--backend B] [trainer args…]`: train (default config: the tutorial preset)
 //! - `eval  [--backend B] [trainer args…]`: evaluate a run on the test set
 //! - `infer [--backend B] [trainer args…]`: predict digits of image files
+//! - `import [--backend B] [trainer args…]`: a run directory from PyTorch-made weights
 //! - `augment-preview [trainer args…]`: a PNG grid of augmented training images
+//! - `reference <check|train|fixture> [args…]`: the PyTorch reference, with the venv's Python
+//! - `setup [--backend B]…`: install what wgpu (a Vulkan driver) and tch (libtorch) need
+//! - `test [--backend B]… [cargo test args…]`: the workspace's tests, with every backend
+//! - `bench [--backend B]… [--out FILE]`: speed and peak memory per backend beside PyTorch eager
+//! - `bench --criterion [criterion args…]`: the data pipeline against a training step (flex)
 //!
-//! - `bench [criterion args…]`: the data pipeline against a training step (criterion, flex)
-//!
-//! Each trainer command builds and runs the trainer with exactly one backend's cargo feature, so the binary
-//! holds one backend only; the terminal is passed through so the training dashboard works.
+//! Each trainer command builds and runs the trainer with exactly one backend's cargo feature,
+//! so the binary holds one backend only; the terminal is passed through so the training
+//! dashboard works.
+
+mod backend;
+mod setup;
 
 use std::process::{Command, ExitCode};
 
-/// The backends, each the name of a cargo feature of the trainer.
-const BACKENDS: [&str; 4] = ["flex", "ndarray", "wgpu", "tch"];
-/// The faster CPU backend on the reference machine (README, "Backends").
-const DEFAULT_BACKEND: &str = "flex";
-const TRAINER_COMMANDS: [&str; 4] = ["train", "eval", "infer", "augment-preview"];
+use backend::{BACKENDS, DEFAULT_BACKEND, Torch, prepare, take_backend, take_backends};
+
+const TRAINER_COMMANDS: [&str; 5] = ["train", "eval", "infer", "import", "augment-preview"];
+/// The PyTorch twin of the model, run by `cargo xtask reference`.
+const REFERENCE_SCRIPT: &str = "tools/torch_reference.py";
+/// Always in the test build: the unit tests are written against them and they need nothing.
+const CPU_BACKENDS: [&str; 2] = ["flex", "ndarray"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,24 +43,113 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     let Some((command, rest)) = args.split_first() else {
         return Err(usage());
     };
-    if command == "bench" {
-        return bench(rest);
+    match command.as_str() {
+        "bench" => bench(rest),
+        "setup" => {
+            let (backends, rest) = take_backends(rest)?;
+            if let Some(unexpected) = rest.first() {
+                return Err(format!("setup takes only --backend, not `{unexpected}`"));
+            }
+            setup::run(&backends).map(|()| ExitCode::SUCCESS)
+        }
+        "test" => test(rest),
+        "reference" => reference(rest),
+        command if TRAINER_COMMANDS.contains(&command) => trainer(command, rest),
+        _ => Err(format!("unknown command `{command}`\n{}", usage())),
     }
-    if !TRAINER_COMMANDS.contains(&command.as_str()) {
-        return Err(format!("unknown command `{command}`\n{}", usage()));
-    }
-    let (backend, trainer_args) = take_backend(rest)?;
+}
+
+fn trainer(command: &str, args: &[String]) -> Result<ExitCode, String> {
+    let (backend, trainer_args) = take_backend(args)?;
     let mut cargo = cargo(&["run", "--quiet", "--package", "vit-trainer"]);
     cargo.args(["--no-default-features", "--features", &backend]);
     cargo.arg("--").arg(command).args(trainer_args);
+    prepare(&backend, &mut cargo)?;
     exit_code(&mut cargo)
 }
 
-/// Criterion benches, in the dev profile whose optimised Burn the tests already built.
-fn bench(criterion_args: &[String]) -> Result<ExitCode, String> {
-    let packages = ["--package", "vit-data", "--package", "vit-model"];
-    let mut cargo = cargo(&["bench", "--profile", "dev", "--benches"]);
-    cargo.args(packages).arg("--").args(criterion_args);
+/// The workspace's tests in one build holding flex, ndarray and the named backends (every
+/// backend when none is named); each test picks its device at run time.
+fn test(args: &[String]) -> Result<ExitCode, String> {
+    let (mut backends, cargo_args) = take_backends(args)?;
+    if backends.is_empty() {
+        backends = BACKENDS.iter().map(ToString::to_string).collect();
+    }
+    let mut cargo = cargo(&["test", "--workspace", "--locked"]);
+    let extra: Vec<String> = backends
+        .iter()
+        .filter(|backend| !CPU_BACKENDS.contains(&backend.as_str()))
+        .map(|backend| format!("vit-trainer/{backend}"))
+        .collect();
+    if !extra.is_empty() {
+        cargo.args(["--features", &extra.join(",")]);
+    }
+    cargo.args(cargo_args);
+    for backend in &backends {
+        prepare(backend, &mut cargo)?;
+    }
+    exit_code(&mut cargo)
+}
+
+/// `tools/torch_reference.py` with the Python that `setup --backend tch` prepared.
+fn reference(args: &[String]) -> Result<ExitCode, String> {
+    let python = Torch::find()?.python().ok_or(
+        "the PyTorch reference needs the venv of `cargo xtask setup --backend tch` \
+         (LIBTORCH alone has no Python)",
+    )?;
+    let mut command = Command::new(python);
+    command.arg(REFERENCE_SCRIPT).args(args);
+    exit_code(&mut command)
+}
+
+/// `bench [--backend B]…`: each backend's speed and memory beside PyTorch eager's (the
+/// trainer's `backends` bench, in the test build); `bench --criterion [args…]`: the criterion
+/// benches of the data pipeline and the training step.
+fn bench(args: &[String]) -> Result<ExitCode, String> {
+    if let Some((_, criterion_args)) = args
+        .split_first()
+        .filter(|(first, _)| *first == "--criterion")
+    {
+        let packages = ["--package", "vit-data", "--package", "vit-model"];
+        let mut cargo = cargo(&["bench", "--profile", "dev", "--benches"]);
+        cargo.args(packages).arg("--").args(criterion_args);
+        return exit_code(&mut cargo);
+    }
+    let (backends, rest) = take_backends(args)?;
+    let measured = if backends.is_empty() {
+        BACKENDS.iter().map(ToString::to_string).collect()
+    } else {
+        backends
+    };
+    // Built like the tests (every backend that the test build holds), so nothing is rebuilt.
+    let mut cargo = cargo(&[
+        "bench",
+        "--profile",
+        "dev",
+        "--workspace",
+        "--bench",
+        "backends",
+    ]);
+    cargo.args(["--features", "vit-trainer/wgpu,vit-trainer/tch", "--"]);
+    for backend in &measured {
+        cargo.args(["--backend", backend]);
+    }
+    // cargo runs benches in their package's directory: make `--out` mean what the user meant.
+    let here = std::env::current_dir().map_err(|error| error.to_string())?;
+    let mut rest = rest.into_iter();
+    while let Some(arg) = rest.next() {
+        let is_out = arg == "--out";
+        cargo.arg(arg);
+        if is_out && let Some(path) = rest.next() {
+            cargo.arg(here.join(path));
+        }
+    }
+    for backend in BACKENDS {
+        prepare(backend, &mut cargo)?;
+    }
+    if let Some(python) = Torch::find().ok().and_then(|torch| torch.python()) {
+        cargo.env("VIT_BENCH_PYTHON", python);
+    }
     exit_code(&mut cargo)
 }
 
@@ -64,7 +163,7 @@ fn cargo(args: &[&str]) -> Command {
 fn exit_code(command: &mut Command) -> Result<ExitCode, String> {
     let status = command
         .status()
-        .map_err(|error| format!("cannot run cargo: {error}"))?;
+        .map_err(|error| format!("cannot run {:?}: {error}", command.get_program()))?;
     Ok(match status.code() {
         Some(0) => ExitCode::SUCCESS,
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -72,74 +171,15 @@ fn exit_code(command: &mut Command) -> Result<ExitCode, String> {
     })
 }
 
-/// Splits `--backend B` / `--backend=B` out of the arguments meant for the trainer.
-fn take_backend(args: &[String]) -> Result<(String, Vec<String>), String> {
-    let mut backend = DEFAULT_BACKEND.to_string();
-    let mut rest = Vec::new();
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        if arg == "--backend" {
-            backend = args.next().ok_or("--backend needs a value")?.clone();
-        } else if let Some(value) = arg.strip_prefix("--backend=") {
-            backend = value.to_string();
-        } else {
-            rest.push(arg.clone());
-        }
-    }
-    if !BACKENDS.contains(&backend.as_str()) {
-        return Err(format!(
-            "unknown backend `{backend}`; choose one of {}",
-            BACKENDS.join(", ")
-        ));
-    }
-    Ok((backend, rest))
-}
-
 fn usage() -> String {
     format!(
-        "usage: cargo xtask <{}> [--backend {}] [args…]\n       cargo xtask bench [criterion args…]\n\
+        "usage: cargo xtask <{}> [--backend {}] [args…]\n       \
+         cargo xtask setup [--backend B]…\n       \
+         cargo xtask test [--backend B]… [cargo test args…]\n       \
+         cargo xtask reference <check|train|fixture> [args…]\n       \
+         cargo xtask bench [--backend B]… [--out FILE] | bench --criterion [args…]\n\
          (default backend: {DEFAULT_BACKEND}; `cargo xtask train --help` lists the trainer's arguments)",
         TRAINER_COMMANDS.join("|"),
         BACKENDS.join("|"),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(ToString::to_string).collect()
-    }
-
-    #[test]
-    fn backend_is_taken_out_and_the_rest_passed_on() {
-        let (backend, rest) =
-            take_backend(&strings(&["--config", "c.json", "--backend", "ndarray"])).unwrap();
-        assert_eq!(
-            (backend.as_str(), rest),
-            ("ndarray", strings(&["--config", "c.json"]))
-        );
-        let (backend, _) = take_backend(&strings(&["--backend=tch"])).unwrap();
-        assert_eq!(backend, "tch");
-    }
-
-    #[test]
-    fn default_backend_and_unknown_backends() {
-        assert_eq!(take_backend(&[]).unwrap().0, DEFAULT_BACKEND);
-        let error = take_backend(&strings(&["--backend", "cuda"])).unwrap_err();
-        assert!(error.contains("cuda") && error.contains("flex"), "{error}");
-        assert!(take_backend(&strings(&["--backend"])).is_err());
-    }
-
-    #[test]
-    fn every_backend_is_a_trainer_feature() {
-        let manifest = include_str!("../../crates/trainer/Cargo.toml");
-        for backend in BACKENDS {
-            assert!(
-                manifest.contains(&format!("\n{backend} = [")),
-                "trainer has no `{backend}` feature"
-            );
-        }
-    }
 }

@@ -3,12 +3,10 @@
 use burn::data::dataloader::batcher::Batcher;
 use burn::prelude::*;
 
-use crate::{IMAGE_SIDE, MnistItem};
+// The normalisation is the trained model's input contract, so the model crate owns it.
+pub use vit_model::input::{PIXEL_MEAN, PIXEL_STD, normalise};
 
-/// Mean of MNIST's training pixels, scaled to [0, 1].
-pub const PIXEL_MEAN: f32 = 0.1307;
-/// Standard deviation of MNIST's training pixels, scaled to [0, 1].
-pub const PIXEL_STD: f32 = 0.3081;
+use crate::{IMAGE_SIDE, MnistItem};
 
 /// A batch ready for the model.
 #[derive(Clone, Debug)]
@@ -22,11 +20,6 @@ pub struct MnistBatch {
 /// Turns [`MnistItem`]s into an [`MnistBatch`].
 #[derive(Clone, Debug, Default)]
 pub struct MnistBatcher;
-
-/// The model's input value for a pixel byte.
-pub fn normalise(pixel: u8) -> f32 {
-    (f32::from(pixel) / 255.0 - PIXEL_MEAN) / PIXEL_STD
-}
 
 impl Batcher<MnistItem, MnistBatch> for MnistBatcher {
     fn batch(&self, items: Vec<MnistItem>, device: &Device) -> MnistBatch {

@@ -1,20 +1,29 @@
 //! The files a saved model consists of, spelled once: the trainer saves through [`save`] and
 //! inference loads through [`load`], so the two cannot drift apart.
 //!
-//! A model directory holds [`CONFIG_FILE`] (the [`VitConfig`] as JSON) and [`RECORD_FILE`]
-//! (the weights, in Burn's burnpack format). Both are written to a temporary name and renamed.
+//! A model directory holds [`CONFIG_FILE`] (the [`VitConfig`] as JSON), [`RECORD_FILE`] (the
+//! weights, in Burn's burnpack format), [`SAFETENSORS_FILE`] (the same weights in PyTorch's
+//! layout, see [`crate::portable`]) and [`PROBE_FILE`] (inputs with the logits this model gave,
+//! for checking another implementation). Each is written to a temporary name and renamed.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
+use crate::portable::{self, Probe};
 use crate::{ConfigError, Vit, VitConfig};
 
 /// The network's configuration, as JSON.
 pub const CONFIG_FILE: &str = "model-config.json";
 /// The network's weights, as burnpack.
 pub const RECORD_FILE: &str = "model.bpk";
+/// The network's weights in PyTorch's layout, for other frameworks.
+pub const SAFETENSORS_FILE: &str = "model.safetensors";
+/// A few inputs with the logits the saved network computed for them.
+pub const PROBE_FILE: &str = "model-probe.safetensors";
+/// Images in a saved probe.
+const PROBE_SIZE: usize = 8;
 
 /// Why a model could not be saved or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +40,8 @@ pub enum ArtifactError {
     },
     #[error("{path}: {source}")]
     InvalidConfig { path: PathBuf, source: ConfigError },
+    #[error("{path}: {message}")]
+    Weights { path: PathBuf, message: String },
     #[error("{path}: the weights do not fit the network of {config}: {message}")]
     Record {
         path: PathBuf,
@@ -57,7 +68,16 @@ pub fn save(model: &Vit, config: &VitConfig, dir: &Path) -> Result<(), ArtifactE
         .map_err(|error| ArtifactError::Io {
             path: record_path,
             source: std::io::Error::other(format!("{error:?}")),
-        })
+        })?;
+
+    portable::export_safetensors(model, &dir.join(SAFETENSORS_FILE))?;
+    let side = config.image_size;
+    let images = Tensor::random(
+        [PROBE_SIZE, config.channels, side, side],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &model.devices()[0],
+    );
+    Probe::record(model, images).save(&dir.join(PROBE_FILE))
 }
 
 /// Rebuilds the network saved in `dir` on `device`, with the config it was saved with.
@@ -112,15 +132,20 @@ pub fn load_config(path: &Path) -> Result<VitConfig, ArtifactError> {
 /// Writes `bytes` to `path` through a temporary sibling, so a reader never sees half a file and
 /// an interrupted write leaves the previous file intact.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
+    let temporary = temporary_sibling(path);
     fs::write(&temporary, bytes)
         .and_then(|()| fs::rename(&temporary, path))
         .map_err(|source| ArtifactError::Io {
             path: path.into(),
             source,
         })
+}
+
+/// `<path>.tmp`: where a file is written before it is renamed into place.
+pub(crate) fn temporary_sibling(path: &Path) -> PathBuf {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    PathBuf::from(temporary)
 }
 
 fn record_error_message(error: burn::store::RecordError) -> String {

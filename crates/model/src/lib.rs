@@ -5,10 +5,18 @@
 //!   configuration of the PyTorch MNIST tutorial this project starts from.
 //! - [`Vit`] is the network: logits `[batch, classes]` from images `[batch, channels, h, w]`.
 //! - [`artifact`] owns the file names of a saved model, for the trainer and for embedders alike.
+//! - [`load`] and [`Predictor::predict`]: class probabilities for raw gray images, for programs
+//!   that embed a trained model (`examples/predict.rs`).
+//! - [`portable`] moves weights to and from PyTorch as safetensors.
+//! - [`input`] is the pixel normalisation the network was trained with.
 
 pub mod artifact;
 mod config;
+pub mod input;
+pub mod portable;
+mod predict;
 mod vit;
 
 pub use config::{ConfigError, VitConfig};
+pub use predict::{PredictError, Predictor, best, load};
 pub use vit::Vit;

@@ -4,9 +4,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use burn::prelude::*;
-use vit_data::{IMAGE_SIDE, idx, image_file_to_mnist, normalise};
-use vit_model::Vit;
+use vit_data::{IMAGE_SIDE, idx, image_file_to_mnist};
 
 const PNG_MAGIC: &[u8] = b"\x89PNG";
 const JPEG_MAGIC: &[u8] = b"\xff\xd8\xff";
@@ -68,35 +66,14 @@ fn is_picture(path: &Path) -> anyhow::Result<bool> {
     Ok(head[..read].starts_with(PNG_MAGIC) || head[..read].starts_with(JPEG_MAGIC))
 }
 
-/// Class probabilities `[inputs, classes]` as rows of plain numbers.
-pub fn predict(model: &Vit, inputs: &[Input], device: &Device) -> Vec<Vec<f32>> {
-    let values: Vec<f32> = inputs
-        .iter()
-        .flat_map(|input| input.pixels.map(normalise))
-        .collect();
-    let images = Tensor::from_data(
-        TensorData::new(values, [inputs.len(), 1, IMAGE_SIDE, IMAGE_SIDE]),
-        device,
-    );
-    let probabilities = model.predict(images);
-    let classes = probabilities.dims()[1];
-    let flat = probabilities
-        .into_data()
-        .try_to_vec::<f32>()
-        .expect("float probabilities");
-    flat.chunks(classes).map(<[f32]>::to_vec).collect()
+/// Every input's pixels, one image after another, as [`vit_model::Predictor::predict`] takes them.
+pub fn pixels(inputs: &[Input]) -> Vec<u8> {
+    inputs.iter().flat_map(|input| input.pixels).collect()
 }
 
 /// `name: 7 (99.81 %)  0:0.00 1:0.01 …` with the probabilities in percent.
 pub fn describe(input: &Input, probabilities: &[f32]) -> String {
-    let (digit, best) =
-        probabilities
-            .iter()
-            .enumerate()
-            .fold(
-                (0, f32::MIN),
-                |best, (digit, &p)| if p > best.1 { (digit, p) } else { best },
-            );
+    let (digit, best) = vit_model::best(probabilities);
     let all: Vec<String> = probabilities
         .iter()
         .enumerate()

@@ -2,6 +2,7 @@
 //! (cargo features `flex`, `ndarray`, `wgpu`, `tch`; with several, Burn picks one and the
 //! `BURN_DEVICE` variable can name another).
 
+mod backend;
 mod charts;
 mod config;
 mod evaluation;
@@ -17,10 +18,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use burn::data::dataset::Dataset;
-use burn::prelude::*;
 use clap::{Parser, Subcommand};
 use vit_data::{DataConfig, DataDirSource, MnistDataset, Split, download, resolve_data_dir};
 use vit_model::artifact;
+use vit_model::portable::{self, Probe};
 
 use crate::config::TrainingConfig;
 use crate::run_dir::{RunDir, default_run_name};
@@ -80,6 +81,20 @@ enum Command {
         /// Augmented versions of each, beside the original.
         #[arg(long, default_value_t = 8)]
         draws: usize,
+    },
+    /// Make a run directory from weights trained elsewhere (PyTorch: tools/torch_reference.py):
+    /// a safetensors file in the layout `model.safetensors` documents, and its model config.
+    /// A `model-probe.safetensors` beside the weights is checked: same inputs, same logits.
+    Import {
+        /// The weights, safetensors, PyTorch layout.
+        #[arg(long)]
+        weights: PathBuf,
+        /// The model config (`model-config.json`) of the network the weights belong to.
+        #[arg(long)]
+        model_config: PathBuf,
+        /// The run directory to write (model config, burnpack and safetensors weights).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Predict the digit of PNG/JPEG images (any size) or of the images in an IDX file.
     Infer {
@@ -142,7 +157,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let device = Device::default();
+    let device = backend::select()?;
     match cli.command {
         Command::Train {
             config: config_path,
@@ -214,14 +229,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Infer { run, files, limit } => {
             let run = run.open()?;
-            let (model, _) = artifact::load(run.path(), &device)
+            let predictor = vit_model::load(run.path(), &device)
                 .with_context(|| format!("cannot load the model of {}", run.path().display()))?;
             let inputs = infer::read_inputs(&files, limit)?;
-            for (input, probabilities) in
-                inputs.iter().zip(infer::predict(&model, &inputs, &device))
-            {
+            let rows = predictor.predict(&infer::pixels(&inputs))?;
+            for (input, probabilities) in inputs.iter().zip(rows) {
                 println!("{}", infer::describe(input, &probabilities));
             }
+        }
+        Command::Import {
+            weights,
+            model_config,
+            out,
+        } => {
+            let config = artifact::load_config(&model_config)?;
+            let model = portable::import_safetensors(&weights, &config, &device)?;
+            let probe_path = weights.with_file_name(artifact::PROBE_FILE);
+            if probe_path.is_file() {
+                let probe = Probe::load(&probe_path, &device)?;
+                let diff = probe
+                    .max_abs_diff(&model)
+                    .map_err(|message| anyhow::anyhow!("{}: {message}", probe_path.display()))?;
+                anyhow::ensure!(
+                    diff <= portable::PROBE_TOLERANCE,
+                    "{}: the imported model's logits differ from the probe's by up to {diff:e} \
+                     (tolerance {:e}): the weights do not mean the same network here",
+                    probe_path.display(),
+                    portable::PROBE_TOLERANCE
+                );
+                println!(
+                    "probe {}: logits agree within {diff:.2e}",
+                    probe_path.display()
+                );
+            }
+            artifact::save(&model, &config, &out)?;
+            println!(
+                "imported {} into {} (infer and eval take it as --run-dir)",
+                weights.display(),
+                out.display()
+            );
         }
     }
     Ok(())

@@ -2,16 +2,14 @@
 //! user meets, and, when the real MNIST files are present, a short run on them.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 mod common;
 
-use common::{bar, bar_label, synthetic_mnist, text};
-
-const TRAINER: &str = env!("CARGO_BIN_EXE_vit-trainer");
+use common::{bar, bar_label, synthetic_mnist, text, trainer};
 
 fn run(args: &[&str]) -> Output {
-    let output = Command::new(TRAINER)
+    let output = trainer()
         .args(args)
         .env_remove("MNIST_DIR")
         .output()
@@ -67,6 +65,8 @@ fn train_then_eval_then_infer_on_synthetic_digits() {
         "training-config.json",
         "model-config.json",
         "model.bpk",
+        "model.safetensors",
+        "model-probe.safetensors",
         "report.json",
         "checkpoint",
     ] {
@@ -152,6 +152,125 @@ fn infer_without_a_model_is_an_error_not_a_panic() {
     let output = run(&["infer", "--run-dir", dir.path().to_str().unwrap(), "x.png"]);
     assert!(!output.status.success());
     assert!(text(&output).contains("model.bpk"), "{}", text(&output));
+}
+
+#[test]
+fn a_backend_not_built_in_is_named() {
+    let output = trainer()
+        .env("BURN_DEVICE", "cuda")
+        .args(["infer", "x.png"])
+        .output()
+        .unwrap();
+    let text = text(&output);
+    assert!(!output.status.success());
+    assert!(
+        text.contains("BURN_DEVICE=cuda") && text.contains("flex") && !text.contains("panicked"),
+        "{text}"
+    );
+}
+
+/// wgpu asked for a GPU the machine does not have (here: a sixth discrete GPU, through
+/// cubecl's device selector): the message says what failed and what to install.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_without_a_driver_says_what_to_install() {
+    let output = trainer()
+        .env("BURN_DEVICE", "wgpu")
+        .env("CUBECL_WGPU_DEFAULT_DEVICE", "DiscreteGpu(5)")
+        .args(["infer", "x.png"])
+        .output()
+        .unwrap();
+    let text = text(&output);
+    assert!(!output.status.success());
+    assert!(
+        text.contains("wgpu backend cannot start")
+            && text.contains("mesa-vulkan-drivers")
+            && !text.contains("panicked"),
+        "{text}"
+    );
+}
+
+fn torch_fixture(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../model/tests/fixtures/torch-small")
+        .join(file)
+}
+
+/// Weights made by the PyTorch reference become a run that `infer` serves; the probe that
+/// travels with them is checked on the way in.
+#[test]
+fn pytorch_weights_are_imported_checked_and_served() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("imported");
+    let weights = torch_fixture("model.safetensors");
+    let config = torch_fixture("model-config.json");
+    let imported = run(&[
+        "import",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--model-config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(imported.status.success(), "{}", text(&imported));
+    assert!(
+        text(&imported).contains("logits agree"),
+        "{}",
+        text(&imported)
+    );
+
+    let images = work.path().join("bars-idx3-ubyte");
+    std::fs::write(
+        &images,
+        vit_data::idx::encode(&[2, 28, 28], &[bar(1), bar(2)].concat()),
+    )
+    .unwrap();
+    let served = run(&[
+        "infer",
+        "--run-dir",
+        out.to_str().unwrap(),
+        images.to_str().unwrap(),
+    ]);
+    assert!(served.status.success(), "{}", text(&served));
+    assert_eq!(String::from_utf8_lossy(&served.stdout).lines().count(), 2);
+}
+
+#[test]
+fn weights_whose_probe_disagrees_are_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let weights = work.path().join("model.safetensors");
+    std::fs::copy(torch_fixture("model.safetensors"), &weights).unwrap();
+    // A probe from other weights: the Rust side's own export of a fresh network.
+    let other = work.path().join("other");
+    let config = torch_fixture("model-config.json");
+    let config_text = std::fs::read_to_string(&config).unwrap();
+    let model_config: vit_model::VitConfig = serde_json::from_str(&config_text).unwrap();
+    let device = burn::prelude::Device::flex();
+    vit_model::artifact::save(&model_config.init(&device).unwrap(), &model_config, &other).unwrap();
+    std::fs::copy(
+        other.join("model-probe.safetensors"),
+        work.path().join("model-probe.safetensors"),
+    )
+    .unwrap();
+
+    let out = work.path().join("imported");
+    let output = run(&[
+        "import",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--model-config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("model-probe.safetensors"),
+        "{}",
+        text(&output)
+    );
+    assert!(!out.exists(), "nothing is written for refused weights");
 }
 
 /// The real thing, when the MNIST files are at `../shared/data/mnist` or `$MNIST_DIR`.

@@ -9,10 +9,8 @@ mod common;
 
 use common::{bar_label, synthetic_mnist, text};
 
-const TRAINER: &str = env!("CARGO_BIN_EXE_vit-trainer");
-
 fn trainer() -> Command {
-    let mut command = Command::new(TRAINER);
+    let mut command = common::trainer();
     command
         .env_remove("MNIST_DIR")
         .env_remove("VIT_TRAINER_INJECT_NAN_AT_STEP");

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 
 use vit_data::idx::encode;
 
@@ -42,4 +42,12 @@ pub fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr),
     );
     format!("{stdout}{stderr}")
+}
+
+/// The trainer binary, on flex: a test build may hold every backend, and Burn would otherwise
+/// pick the GPU one first.
+pub fn trainer() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vit-trainer"));
+    command.env("BURN_DEVICE", "flex");
+    command
 }

@@ -1,0 +1,357 @@
+//! Speed and memory of the tutorial ViT on each compiled-in backend, side by side with PyTorch
+//! eager (`tools/torch_bench.py`) when a Python with torch is given. Run it as
+//! `cargo xtask bench [--backend B]…`; it prints a table and writes JSON under `artifacts/`.
+//!
+//! Each backend runs in a child process of its own, so its peak RSS is its own. Measured:
+//! training images/s at batch 100 (Adam, cross-entropy; steady state, warm-up steps excluded),
+//! inference latency p50/p99 at batch 1, inference images/s at batch 1000, peak RSS.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use serde::{Deserialize, Serialize};
+use vit_model::VitConfig;
+
+const TRAIN_BATCH: usize = 100;
+const LARGE_BATCH: usize = 1000;
+
+/// One backend's figures.
+#[derive(Debug, Serialize, Deserialize)]
+struct Figures {
+    backend: String,
+    train_images_per_s: f64,
+    train_steps_timed: usize,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+    latency_runs: usize,
+    infer_images_per_s: f64,
+    peak_rss_mib: f64,
+}
+
+/// How long to spend on each measurement: at least `min` runs, at most `max`, and no more
+/// runs once `budget` is spent (the software Vulkan of a GPU-less machine is ~1000× slower).
+struct Plan {
+    warm_up: usize,
+    min: usize,
+    max: usize,
+    budget: Duration,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes `--bench`; the child mode is `--child <backend>`.
+    if let Some(position) = args.iter().position(|arg| arg == "--child") {
+        let backend = &args[position + 1];
+        let figures = measure(backend, &device(backend));
+        println!(
+            "{}",
+            serde_json::to_string(&figures).expect("figures serialise")
+        );
+        return;
+    }
+    let options = Options::parse(&args);
+    let mut rows = Vec::new();
+    for backend in &options.backends {
+        eprintln!("measuring {backend} …");
+        match child(backend) {
+            Ok(figures) => rows.push(figures),
+            Err(message) => {
+                eprintln!("error: {backend}: {message}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let torch = options.python.as_ref().map(|python| {
+        eprintln!("measuring PyTorch eager …");
+        pytorch(python).unwrap_or_else(|message| {
+            eprintln!("error: PyTorch: {message}");
+            std::process::exit(1);
+        })
+    });
+    let report = Report::new(rows, torch);
+    println!("{}", report.table());
+    if let Err(message) = report.save(&options.out) {
+        eprintln!("error: {message}");
+        std::process::exit(1);
+    }
+    println!("wrote {}", options.out.display());
+}
+
+struct Options {
+    backends: Vec<String>,
+    python: Option<String>,
+    out: std::path::PathBuf,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Self {
+        let mut backends = Vec::new();
+        let mut out = None;
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--backend" => backends.extend(args.next().cloned()),
+                "--out" => out = args.next().map(Into::into),
+                _ => {} // `--bench` and whatever else cargo adds
+            }
+        }
+        if backends.is_empty() {
+            backends = compiled().into_iter().map(String::from).collect();
+        }
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        Self {
+            backends,
+            python: std::env::var("VIT_BENCH_PYTHON").ok(),
+            out: out.unwrap_or_else(|| {
+                let artifacts = concat!(env!("CARGO_MANIFEST_DIR"), "/../../artifacts");
+                format!("{artifacts}/bench-{stamp}.json").into()
+            }),
+        }
+    }
+}
+
+fn compiled() -> Vec<&'static str> {
+    let mut names = vec!["flex", "ndarray"];
+    if cfg!(feature = "tch") {
+        names.push("tch");
+    }
+    if cfg!(feature = "wgpu") {
+        names.push("wgpu");
+    }
+    names
+}
+
+#[allow(deprecated)]
+fn device(backend: &str) -> Device {
+    match backend {
+        "flex" => Device::flex(),
+        "ndarray" => Device::ndarray(),
+        #[cfg(feature = "tch")]
+        "tch" => Device::libtorch(),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Device::wgpu(Default::default()),
+        other => {
+            eprintln!(
+                "error: backend {other} is not in this build ({:?})",
+                compiled()
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Runs this program again as `--child backend` and reads its figures.
+fn child(backend: &str) -> Result<Figures, String> {
+    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
+    let output = Command::new(exe)
+        .args(["--child", backend])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|error| error.to_string())?;
+    if !output.status.success() {
+        return Err(format!("the measuring process failed ({})", output.status));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|error| format!("{error}: {stdout}"))
+}
+
+/// `tools/torch_bench.py`, same model, batches and thread count, with `python`.
+fn pytorch(python: &str) -> Result<Figures, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/torch_bench.py");
+    let output = Command::new(python)
+        .arg(script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|error| format!("cannot run {python}: {error}"))?;
+    if !output.status.success() {
+        return Err(format!("{script} failed ({})", output.status));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|error| format!("{error}: {stdout}"))
+}
+
+fn measure(backend: &str, device: &Device) -> Figures {
+    let slow = backend == "wgpu" && std::env::var_os("VIT_BENCH_FULL").is_none();
+    let plan = |warm_up, min, max, seconds| Plan {
+        warm_up: if slow { 1 } else { warm_up },
+        min: if slow { 2 } else { min },
+        max,
+        budget: Duration::from_secs(seconds),
+    };
+    let config = VitConfig::tutorial();
+
+    // Training: one Adam step per timed run, synchronised by reading the loss.
+    let train_device = device.clone().autodiff();
+    let mut model = Some(
+        config
+            .init(&train_device)
+            .expect("tutorial config is valid"),
+    );
+    let mut optimiser = AdamConfig::new().with_epsilon(1e-8).init();
+    let images = Tensor::<4>::random(
+        [TRAIN_BATCH, 1, 28, 28],
+        Distribution::Normal(0.0, 1.0),
+        &train_device,
+    );
+    let labels: Vec<i64> = (0..TRAIN_BATCH as i64).map(|i| i % 10).collect();
+    let targets =
+        Tensor::<1, Int>::from_data(TensorData::new(labels, [TRAIN_BATCH]), &train_device);
+    let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&train_device);
+    let train = time(&plan(3, 10, 30, 60), || {
+        let current = model.take().expect("model");
+        let loss = loss_fn.forward(current.forward(images.clone()), targets.clone());
+        let gradients = GradientsParams::from_grads(loss.backward(), &current);
+        let _: f32 = loss.into_scalar().elem();
+        model = Some(optimiser.step(3e-3, current, gradients));
+    });
+    drop(model);
+
+    // Inference on the plain device.
+    let model = config.init(device).expect("tutorial config is valid");
+    let one = Tensor::<4>::random([1, 1, 28, 28], Distribution::Normal(0.0, 1.0), device);
+    let latency = time(&plan(10, 50, 500, 20), || {
+        let _ = model.predict(one.clone()).into_data();
+    });
+    let large = Tensor::<4>::random(
+        [LARGE_BATCH, 1, 28, 28],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    let throughput = time(&plan(1, 3, 10, 30), || {
+        let _ = model.predict(large.clone()).into_data();
+    });
+
+    let train_median = percentile(&train, 50.0);
+    Figures {
+        backend: backend.to_string(),
+        train_images_per_s: TRAIN_BATCH as f64 / train_median,
+        train_steps_timed: train.len(),
+        latency_p50_ms: 1e3 * percentile(&latency, 50.0),
+        latency_p99_ms: 1e3 * percentile(&latency, 99.0),
+        latency_runs: latency.len(),
+        infer_images_per_s: LARGE_BATCH as f64 / percentile(&throughput, 50.0),
+        peak_rss_mib: peak_rss_mib(),
+    }
+}
+
+/// Seconds taken by each timed run of `run`, after the warm-up runs.
+fn time(plan: &Plan, mut run: impl FnMut()) -> Vec<f64> {
+    for _ in 0..plan.warm_up {
+        run();
+    }
+    let started = Instant::now();
+    let mut seconds = Vec::new();
+    while seconds.len() < plan.max && (seconds.len() < plan.min || started.elapsed() < plan.budget)
+    {
+        let start = Instant::now();
+        run();
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    seconds
+}
+
+/// The `p`-th percentile (nearest rank) of `values`.
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The process's peak resident set (Linux `VmHWM`), in MiB; 0 where the kernel does not say.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+#[derive(Serialize)]
+struct Report {
+    machine: String,
+    cores: usize,
+    model: &'static str,
+    backends: Vec<Figures>,
+    pytorch_eager: Option<Figures>,
+}
+
+impl Report {
+    fn new(backends: Vec<Figures>, pytorch_eager: Option<Figures>) -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let machine = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name"))
+            .map(|name| name.trim_start_matches([' ', '\t', ':']).to_string())
+            .unwrap_or_else(|| "unknown CPU".into());
+        Self {
+            machine,
+            cores: std::thread::available_parallelism().map_or(1, usize::from),
+            model: "tutorial ViT (213,642 parameters), 28x28 inputs",
+            backends,
+            pytorch_eager,
+        }
+    }
+
+    fn table(&self) -> String {
+        let mut lines = vec![
+            format!("{} ({} cores)", self.machine, self.cores),
+            format!(
+                "| {:<13} | {:>14} | {:>9} | {:>9} | {:>15} | {:>9} | {:>10} |",
+                "backend",
+                "train img/s",
+                "p50 ms",
+                "p99 ms",
+                "infer img/s",
+                "RSS MiB",
+                "vs PyTorch"
+            ),
+            format!(
+                "|{0:-<15}|{0:-<16}|{0:-<11}|{0:-<11}|{0:-<17}|{0:-<11}|{0:-<12}|",
+                ""
+            ),
+        ];
+        let torch = self.pytorch_eager.as_ref();
+        for row in self.backends.iter().chain(torch) {
+            let ratio = torch.map_or("—".to_string(), |torch| {
+                format!("{:.2}×", row.train_images_per_s / torch.train_images_per_s)
+            });
+            lines.push(format!(
+                "| {:<13} | {:>14.0} | {:>9.2} | {:>9.2} | {:>15.0} | {:>9.0} | {:>10} |",
+                row.backend,
+                row.train_images_per_s,
+                row.latency_p50_ms,
+                row.latency_p99_ms,
+                row.infer_images_per_s,
+                row.peak_rss_mib,
+                ratio
+            ));
+        }
+        lines.push("(vs PyTorch: training images/s relative to PyTorch eager)".into());
+        lines.join("\n")
+    }
+
+    fn save(&self, path: &std::path::Path) -> Result<(), String> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+        }
+        let json = serde_json::to_string_pretty(self).expect("report serialises");
+        vit_model::artifact::write_atomically(path, json.as_bytes())
+            .map_err(|error| error.to_string())
+    }
+}

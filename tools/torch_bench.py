@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""PyTorch eager's figures for the tutorial ViT, measured as crates/trainer/benches/backends.rs
+measures each Burn backend: training images/s at batch 100 (Adam, cross-entropy, warm-up
+excluded), inference latency p50/p99 at batch 1, inference images/s at batch 1000, peak RSS.
+Prints one JSON line. Uses the reference model of tools/torch_reference.py and as many threads
+as the machine has cores, like the Rust side.
+"""
+
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from torch_reference import Vit  # noqa: E402
+
+TUTORIAL = {"image_size": 28, "channels": 1, "patch_size": 7, "dim": 64, "depth": 6,
+            "heads": 8, "mlp_dim": 128, "num_classes": 10, "dropout": 0.0}
+
+
+def timed(run, warm_up, minimum, maximum, budget):
+    for _ in range(warm_up):
+        run()
+    seconds, started = [], time.perf_counter()
+    while len(seconds) < maximum and (len(seconds) < minimum or time.perf_counter() - started < budget):
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    rank = math.ceil(p / 100 * len(ordered))
+    return ordered[min(max(rank, 1), len(ordered)) - 1]
+
+
+def main():
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    model = Vit(TUTORIAL)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3, eps=1e-8)
+    images = torch.randn(100, 1, 28, 28)
+    targets = torch.arange(100) % 10
+
+    def step():
+        loss = F.cross_entropy(model(images), targets)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        loss.item()
+
+    model.train()
+    train = timed(step, 3, 10, 30, 60)
+    model.eval()
+    one, large = torch.randn(1, 1, 28, 28), torch.randn(1000, 1, 28, 28)
+    with torch.inference_mode():
+        latency = timed(lambda: model(one).softmax(1), 10, 50, 500, 20)
+        throughput = timed(lambda: model(large).softmax(1), 1, 3, 10, 30)
+    print(json.dumps({
+        "backend": f"pytorch {torch.__version__.split('+')[0]}",
+        "train_images_per_s": 100 / percentile(train, 50),
+        "train_steps_timed": len(train),
+        "latency_p50_ms": 1e3 * percentile(latency, 50),
+        "latency_p99_ms": 1e3 * percentile(latency, 99),
+        "latency_runs": len(latency),
+        "infer_images_per_s": 1000 / percentile(throughput, 50),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+if __name__ == "__main__":
+    main()
