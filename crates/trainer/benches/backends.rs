@@ -9,7 +9,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
@@ -208,7 +208,7 @@ fn measure(backend: &str, device: &Device) -> Figures {
         let current = model.take().expect("model");
         let loss = loss_fn.forward(current.forward(images.clone()), targets.clone());
         let gradients = GradientsParams::from_grads(loss.backward(), &current);
-        let _: f32 = loss.into_scalar().elem();
+        let _ = loss.into_scalar::<f32>();
         model = Some(optimiser.step(3e-3, current, gradients));
     });
     drop(model);
