@@ -27,9 +27,9 @@ pub fn run(backends: &[String]) -> Result<(), String> {
 fn vulkan() -> Result<(), String> {
     if let Ok(found) = vulkan_driver() {
         let found = found.map_or("VK_ICD_FILENAMES or the system's own API".into(), |path| {
-            path.display().to_string()
+            path.parent().unwrap_or(&path).display().to_string()
         });
-        println!("wgpu: Vulkan driver present ({found})");
+        println!("wgpu: Vulkan drivers present ({found})");
         return Ok(());
     }
     let is_root = output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0");

@@ -161,10 +161,7 @@ mod tests {
     use super::*;
 
     fn small_config() -> VitConfig {
-        VitConfig {
-            depth: 2,
-            ..VitConfig::tutorial()
-        }
+        VitConfig::small_for_tests()
     }
 
     #[test]

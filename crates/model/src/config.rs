@@ -61,6 +61,15 @@ impl VitConfig {
         }
     }
 
+    /// The tutorial network with two blocks: quick to build and save in unit tests.
+    #[cfg(test)]
+    pub(crate) fn small_for_tests() -> Self {
+        Self {
+            depth: 2,
+            ..Self::tutorial()
+        }
+    }
+
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.dim / self.heads

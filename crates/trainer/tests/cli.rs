@@ -196,6 +196,19 @@ fn torch_fixture(file: &str) -> PathBuf {
         .join(file)
 }
 
+fn import(weights: &Path, model_config: &Path, out: &Path) -> Output {
+    let [weights, model_config, out] = [weights, model_config, out].map(|p| p.to_str().unwrap());
+    run(&[
+        "import",
+        "--weights",
+        weights,
+        "--model-config",
+        model_config,
+        "--out",
+        out,
+    ])
+}
+
 /// Weights made by the PyTorch reference become a run that `infer` serves; the probe that
 /// travels with them is checked on the way in.
 #[test]
@@ -204,15 +217,7 @@ fn pytorch_weights_are_imported_checked_and_served() {
     let out = work.path().join("imported");
     let weights = torch_fixture("model.safetensors");
     let config = torch_fixture("model-config.json");
-    let imported = run(&[
-        "import",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--model-config",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let imported = import(&weights, &config, &out);
     assert!(imported.status.success(), "{}", text(&imported));
     assert!(
         text(&imported).contains("logits agree"),
@@ -255,15 +260,7 @@ fn weights_whose_probe_disagrees_are_refused() {
     .unwrap();
 
     let out = work.path().join("imported");
-    let output = run(&[
-        "import",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--model-config",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let output = import(&weights, &config, &out);
     assert!(!output.status.success());
     assert!(
         text(&output).contains("model-probe.safetensors"),
