@@ -154,13 +154,18 @@ fn infer_without_a_model_is_an_error_not_a_panic() {
     assert!(text(&output).contains("model.bpk"), "{}", text(&output));
 }
 
-#[test]
-fn a_backend_not_built_in_is_named() {
-    let output = trainer()
-        .env("BURN_DEVICE", "cuda")
+/// `infer x.png` with `vars` set: the device is chosen before any file is read.
+fn infer_with_env(vars: &[(&str, &str)]) -> Output {
+    trainer()
+        .envs(vars.iter().copied())
         .args(["infer", "x.png"])
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_backend_not_built_in_is_named() {
+    let output = infer_with_env(&[("BURN_DEVICE", "cuda")]);
     let text = text(&output);
     assert!(!output.status.success());
     assert!(
@@ -174,12 +179,10 @@ fn a_backend_not_built_in_is_named() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_without_a_driver_says_what_to_install() {
-    let output = trainer()
-        .env("BURN_DEVICE", "wgpu")
-        .env("CUBECL_WGPU_DEFAULT_DEVICE", "DiscreteGpu(5)")
-        .args(["infer", "x.png"])
-        .output()
-        .unwrap();
+    let output = infer_with_env(&[
+        ("BURN_DEVICE", "wgpu"),
+        ("CUBECL_WGPU_DEFAULT_DEVICE", "DiscreteGpu(5)"),
+    ]);
     let text = text(&output);
     assert!(!output.status.success());
     assert!(
