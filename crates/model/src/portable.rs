@@ -169,6 +169,26 @@ impl Probe {
     }
 }
 
+/// Checks `model` against the probe saved at `path`: the largest logit difference when it is
+/// within [`PROBE_TOLERANCE`], else an error naming the file and the difference.
+pub fn check_probe(model: &Vit, path: &Path, device: &Device) -> Result<f32, ArtifactError> {
+    let mismatch = |message: String| ArtifactError::Weights {
+        path: path.into(),
+        message,
+    };
+    let diff = Probe::load(path, device)?
+        .max_abs_diff(model)
+        .map_err(mismatch)?;
+    if diff <= PROBE_TOLERANCE {
+        Ok(diff)
+    } else {
+        Err(mismatch(format!(
+            "the model's logits differ from the probe's by up to {diff:e} (tolerance \
+             {PROBE_TOLERANCE:e}): the weights do not mean the same network here"
+        )))
+    }
+}
+
 fn float_bytes<const D: usize>(tensor: Tensor<D>) -> (Vec<usize>, Vec<u8>) {
     let shape = tensor.dims().to_vec();
     let values = tensor

@@ -21,7 +21,7 @@ use burn::data::dataset::Dataset;
 use clap::{Parser, Subcommand};
 use vit_data::{DataConfig, DataDirSource, MnistDataset, Split, download, resolve_data_dir};
 use vit_model::artifact;
-use vit_model::portable::{self, Probe};
+use vit_model::portable;
 
 use crate::config::TrainingConfig;
 use crate::run_dir::{RunDir, default_run_name};
@@ -246,17 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let model = portable::import_safetensors(&weights, &config, &device)?;
             let probe_path = weights.with_file_name(artifact::PROBE_FILE);
             if probe_path.is_file() {
-                let probe = Probe::load(&probe_path, &device)?;
-                let diff = probe
-                    .max_abs_diff(&model)
-                    .map_err(|message| anyhow::anyhow!("{}: {message}", probe_path.display()))?;
-                anyhow::ensure!(
-                    diff <= portable::PROBE_TOLERANCE,
-                    "{}: the imported model's logits differ from the probe's by up to {diff:e} \
-                     (tolerance {:e}): the weights do not mean the same network here",
-                    probe_path.display(),
-                    portable::PROBE_TOLERANCE
-                );
+                let diff = portable::check_probe(&model, &probe_path, &device)?;
                 println!(
                     "probe {}: logits agree within {diff:.2e}",
                     probe_path.display()
