@@ -5,15 +5,20 @@
 //! Each backend runs in a child process of its own, so its peak RSS is its own. Measured:
 //! training images/s at batch 100 (Adam, cross-entropy; steady state, warm-up steps excluded),
 //! inference latency p50/p99 at batch 1, inference images/s at batch 1000, peak RSS.
+//!
+//! `--phases <backend> [steps]` is the profiling mode: it only trains, and prints the median time
+//! of the forward pass with the loss, the backward pass and the optimiser step. Run it under
+//! `perf record` to see which kernels each phase spends its time in.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
-use vit_model::VitConfig;
+use vit_model::{Vit, VitConfig};
 
 const TRAIN_BATCH: usize = 100;
 const LARGE_BATCH: usize = 1000;
@@ -50,6 +55,15 @@ fn main() {
             "{}",
             serde_json::to_string(&figures).expect("figures serialise")
         );
+        return;
+    }
+    if let Some(position) = args.iter().position(|arg| arg == "--phases") {
+        let backend = &args[position + 1];
+        let steps = args
+            .get(position + 2)
+            .and_then(|steps| steps.parse().ok())
+            .unwrap_or(30);
+        phases(&device(backend), steps);
         return;
     }
     let options = Options::parse(&args);
@@ -188,30 +202,14 @@ fn measure(backend: &str, device: &Device) -> Figures {
     let config = VitConfig::tutorial();
 
     // Training: one Adam step per timed run, synchronised by reading the loss.
-    let train_device = device.clone().autodiff();
-    let mut model = Some(
-        config
-            .init(&train_device)
-            .expect("tutorial config is valid"),
-    );
-    let mut optimiser = AdamConfig::new().with_epsilon(1e-8).init();
-    let images = Tensor::<4>::random(
-        [TRAIN_BATCH, 1, 28, 28],
-        Distribution::Normal(0.0, 1.0),
-        &train_device,
-    );
-    let labels: Vec<i64> = (0..TRAIN_BATCH as i64).map(|i| i % 10).collect();
-    let targets =
-        Tensor::<1, Int>::from_data(TensorData::new(labels, [TRAIN_BATCH]), &train_device);
-    let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&train_device);
+    let mut training = TrainingStep::new(device);
     let train = time(&plan(3, 10, 30, 60), || {
-        let current = model.take().expect("model");
-        let loss = loss_fn.forward(current.forward(images.clone()), targets.clone());
-        let gradients = GradientsParams::from_grads(loss.backward(), &current);
+        let loss = training.loss();
+        let gradients = training.gradients(loss.clone());
         let _ = loss.into_scalar::<f32>();
-        model = Some(optimiser.step(3e-3, current, gradients));
+        training.update(gradients);
     });
-    drop(model);
+    drop(training);
 
     // Inference on the plain device.
     let model = config.init(device).expect("tutorial config is valid");
@@ -238,6 +236,91 @@ fn measure(backend: &str, device: &Device) -> Figures {
         latency_runs: latency.len(),
         infer_images_per_s: LARGE_BATCH as f64 / percentile(&throughput, 50.0),
         peak_rss_mib: peak_rss_mib(),
+    }
+}
+
+/// The tutorial model with Adam, a fixed batch of random images and its labels, on the
+/// autodiff version of a device.
+struct TrainingStep {
+    model: Option<Vit>,
+    optimiser: ModuleOptimizer,
+    images: Tensor<4>,
+    targets: Tensor<1, Int>,
+    loss_fn: CrossEntropyLoss,
+}
+
+impl TrainingStep {
+    fn new(device: &Device) -> Self {
+        let device = device.clone().autodiff();
+        let images = Tensor::<4>::random(
+            [TRAIN_BATCH, 1, 28, 28],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let labels: Vec<i64> = (0..TRAIN_BATCH as i64).map(|i| i % 10).collect();
+        Self {
+            model: Some(
+                VitConfig::tutorial()
+                    .init(&device)
+                    .expect("tutorial config is valid"),
+            ),
+            optimiser: AdamConfig::new().with_epsilon(1e-8).init(),
+            images,
+            targets: Tensor::from_data(TensorData::new(labels, [TRAIN_BATCH]), &device),
+            loss_fn: CrossEntropyLossConfig::new().init(&device),
+        }
+    }
+
+    fn model(&self) -> &Vit {
+        self.model
+            .as_ref()
+            .expect("the model is back after every update")
+    }
+
+    fn loss(&self) -> Tensor<1> {
+        let logits = self.model().forward(self.images.clone());
+        self.loss_fn.forward(logits, self.targets.clone())
+    }
+
+    fn gradients(&self, loss: Tensor<1>) -> GradientsParams {
+        GradientsParams::from_grads(loss.backward(), self.model())
+    }
+
+    fn update(&mut self, gradients: GradientsParams) {
+        let model = self
+            .model
+            .take()
+            .expect("the model is back after every update");
+        self.model = Some(self.optimiser.step(3e-3, model, gradients));
+    }
+}
+
+/// Prints the median forward, backward and optimiser time of `steps` training steps at the
+/// training batch, after three warm-up steps.
+fn phases(device: &Device, steps: usize) {
+    let mut training = TrainingStep::new(device);
+    let mut seconds = [Vec::new(), Vec::new(), Vec::new()];
+    for step in 0..steps + 3 {
+        let start = Instant::now();
+        let loss = training.loss();
+        let _ = loss.clone().into_scalar::<f32>();
+        let forward = start.elapsed();
+        let gradients = training.gradients(loss);
+        let backward = start.elapsed();
+        training.update(gradients);
+        let _ = training.model().num_params();
+        let optimise = start.elapsed();
+        if step >= 3 {
+            seconds[0].push(forward.as_secs_f64());
+            seconds[1].push((backward - forward).as_secs_f64());
+            seconds[2].push((optimise - backward).as_secs_f64());
+        }
+    }
+    for (name, values) in ["forward + loss", "backward", "optimiser"]
+        .iter()
+        .zip(&seconds)
+    {
+        println!("{name:>15}: {:7.2} ms", 1e3 * percentile(values, 50.0));
     }
 }
 
