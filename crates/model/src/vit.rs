@@ -2,12 +2,14 @@
 //! MLP head on the class token, as in the PyTorch MNIST tutorial.
 
 use burn::module::Param;
-use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
+use burn::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::nn::transformer::{PositionWiseFeedForward, PositionWiseFeedForwardConfig};
 use burn::nn::{
     Dropout, DropoutConfig, Gelu, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
 };
 use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use burn::tensor::module::linear;
 
 use crate::{ConfigError, VitConfig};
 
@@ -88,22 +90,34 @@ impl Vit {
         let patch = self.patch_size;
         let (rows, cols) = (height / patch, width / patch);
         // Cut into patches flattened as (row in patch, column in patch, channel), the layout of
-        // the tutorial's `rearrange('b c (h p1) (w p2) -> b (h w) (p1 p2 c)')`.
+        // the tutorial's `rearrange('b c (h p1) (w p2) -> b (h w) (p1 p2 c)')`. Tokens travel
+        // as the rows of one matrix `[batch * tokens, dim]`: every linear layer is then one
+        // large matrix product, where `[batch, tokens, dim]` would be a batch of small ones.
         let patches = images
             .reshape([batch, channels, rows, patch, cols, patch])
             .permute([0, 2, 4, 3, 5, 1])
-            .reshape([batch, rows * cols, patch * patch * channels]); // [batch, 16, 49]
-        let tokens = self.patch_embedding.forward(patches); // [batch, 16, dim]
-        let [_, _, dim] = tokens.dims();
+            .reshape([batch * rows * cols, patch * patch * channels]); // [batch * 16, 49]
+        let [_, _, dim] = self.position_embedding.dims();
+        let tokens = self
+            .patch_embedding
+            .forward(patches)
+            .reshape([batch, rows * cols, dim]); // [batch, 16, dim]
 
         let class_token = self.class_token.val().repeat_dim(0, batch); // [batch, 1, dim]
         let x = Tensor::cat(vec![class_token, tokens], 1) + self.position_embedding.val();
-        let mut x = self.embedding_dropout.forward(x); // [batch, 17, dim]
+        let sequence = rows * cols + 1;
+        let mut x = self
+            .embedding_dropout
+            .forward(x)
+            .reshape([batch * sequence, dim]); // [batch * 17, dim]
         for block in &self.blocks {
-            x = block.forward(x);
+            x = block.forward(x, batch);
         }
 
-        let class_output = x.narrow(1, 0, 1).reshape([batch, dim]); // [batch, dim]
+        let class_output = x
+            .reshape([batch, sequence, dim])
+            .narrow(1, 0, 1)
+            .reshape([batch, dim]);
         self.head.forward(class_output) // [batch, classes]
     }
 
@@ -114,12 +128,64 @@ impl Vit {
 }
 
 impl EncoderBlock {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// One block over the tokens of `batch` images, stacked as rows `[batch * tokens, dim]`.
+    fn forward(&self, x: Tensor<2>, batch: usize) -> Tensor<2> {
         let normed = self.attention_norm.forward(x.clone());
-        let x = x + self.attention.forward(MhaInput::self_attn(normed)).context;
+        let x = x + self_attention(&self.attention, normed, batch);
         let normed = self.mlp_norm.forward(x.clone());
         x + self.mlp.forward(normed)
     }
+}
+
+/// Self-attention over the tokens of `batch` images, stacked as rows `[batch * tokens, dim]`.
+///
+/// It uses the parameters of Burn's `MultiHeadAttention`, so records and exported names stay
+/// `query`, `key`, `value` and `output`, but takes fewer and larger operations than its
+/// `forward`: one matrix product makes the queries, keys and values of all heads, and the
+/// `1/sqrt(head_dim)` scale is folded into the query weights (a `dim × dim` product) instead
+/// of dividing every attention score.
+fn self_attention(attention: &MultiHeadAttention, x: Tensor<2>, batch: usize) -> Tensor<2> {
+    let [rows, dim] = x.dims();
+    let tokens = rows / batch;
+    let (heads, head_dim) = (attention.n_heads, attention.d_k);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let projections = [
+        (&attention.query, scale),
+        (&attention.key, 1.0),
+        (&attention.value, 1.0),
+    ];
+    let weight = Tensor::cat(
+        projections
+            .iter()
+            .map(|(linear, factor)| linear.weight.val().mul_scalar(*factor))
+            .collect(),
+        1,
+    ); // [dim, 3 * dim]
+    let bias = projections
+        .iter()
+        .any(|(linear, _)| linear.bias.is_some())
+        .then(|| {
+            let biases = projections
+                .iter()
+                .map(|(linear, factor)| match &linear.bias {
+                    Some(bias) => bias.val().mul_scalar(*factor),
+                    None => Tensor::zeros([dim], &x.device()),
+                });
+            Tensor::cat(biases.collect(), 0)
+        });
+    let [query, key, value]: [Tensor<4>; 3] = linear(x, weight, bias)
+        .reshape([batch, tokens, 3 * heads, head_dim])
+        .swap_dims(1, 2) // [batch, 3 * heads, tokens, head_dim]
+        .chunk(3, 1)
+        .try_into()
+        .expect("three chunks of equal size");
+    let scores = query.matmul(key.transpose()); // [batch, heads, tokens, tokens]
+    let weights = attention.dropout.forward(softmax(scores, 3));
+    let context = weights
+        .matmul(value) // [batch, heads, tokens, head_dim]
+        .swap_dims(1, 2)
+        .reshape([rows, dim]);
+    attention.output.forward(context)
 }
 
 impl MlpHead {
