@@ -319,7 +319,13 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|ext| ext == "json") {
                 let config = TrainingConfig::load(&path).unwrap();
-                config.scheduler(100).unwrap();
+                // The run's real step count on full MNIST: a warm-up must fit in it.
+                let train_images = config
+                    .data
+                    .train_limit
+                    .unwrap_or(60_000 - config.data.valid_size);
+                let steps = config.epochs * train_images.div_ceil(config.batch_size);
+                config.scheduler(steps).unwrap();
                 checked += 1;
             }
         }
