@@ -110,14 +110,12 @@ impl Vit {
             .embedding_dropout
             .forward(x)
             .reshape([batch * sequence, dim]); // [batch * 17, dim]
-        for block in &self.blocks {
-            x = block.forward(x, batch);
+        // Only the class token's output reaches the head, so the last block computes no other.
+        let (last, others) = self.blocks.split_last().expect("a valid config has blocks");
+        for block in others {
+            x = block.forward(x, batch, sequence);
         }
-
-        let class_output = x
-            .reshape([batch, sequence, dim])
-            .narrow(1, 0, 1)
-            .reshape([batch, dim]);
+        let class_output = last.forward(x, batch, 1); // [batch, dim]
         self.head.forward(class_output) // [batch, classes]
     }
 
@@ -129,22 +127,41 @@ impl Vit {
 
 impl EncoderBlock {
     /// One block over the tokens of `batch` images, stacked as rows `[batch * tokens, dim]`.
-    fn forward(&self, x: Tensor<2>, batch: usize) -> Tensor<2> {
+    /// It returns the outputs of the first `kept` tokens of each image, `[batch * kept, dim]`.
+    fn forward(&self, x: Tensor<2>, batch: usize, kept: usize) -> Tensor<2> {
         let normed = self.attention_norm.forward(x.clone());
-        let x = x + self_attention(&self.attention, normed, batch);
+        let x = first_tokens(x, batch, kept) + self_attention(&self.attention, normed, batch, kept);
         let normed = self.mlp_norm.forward(x.clone());
         x + self.mlp.forward(normed)
     }
 }
 
-/// Self-attention over the tokens of `batch` images, stacked as rows `[batch * tokens, dim]`.
+/// The rows of the first `kept` tokens of each of `batch` images in `x` `[batch * tokens, dim]`.
+fn first_tokens(x: Tensor<2>, batch: usize, kept: usize) -> Tensor<2> {
+    let [rows, dim] = x.dims();
+    let tokens = rows / batch;
+    if kept == tokens {
+        return x;
+    }
+    x.reshape([batch, tokens, dim])
+        .narrow(1, 0, kept)
+        .reshape([batch * kept, dim])
+}
+
+/// Self-attention over the tokens of `batch` images, stacked as rows `[batch * tokens, dim]`,
+/// for the first `kept` tokens of each image: `[batch * kept, dim]`.
 ///
 /// It uses the parameters of Burn's `MultiHeadAttention`, so records and exported names stay
 /// `query`, `key`, `value` and `output`, but takes fewer and larger operations than its
 /// `forward`: one matrix product makes the queries, keys and values of all heads, and the
 /// `1/sqrt(head_dim)` scale is folded into the query weights (a `dim × dim` product) instead
 /// of dividing every attention score.
-fn self_attention(attention: &MultiHeadAttention, x: Tensor<2>, batch: usize) -> Tensor<2> {
+fn self_attention(
+    attention: &MultiHeadAttention,
+    x: Tensor<2>,
+    batch: usize,
+    kept: usize,
+) -> Tensor<2> {
     let [rows, dim] = x.dims();
     let tokens = rows / batch;
     let (heads, head_dim) = (attention.n_heads, attention.d_k);
@@ -179,12 +196,13 @@ fn self_attention(attention: &MultiHeadAttention, x: Tensor<2>, batch: usize) ->
         .chunk(3, 1)
         .try_into()
         .expect("three chunks of equal size");
-    let scores = query.matmul(key.transpose()); // [batch, heads, tokens, tokens]
+    let query = query.narrow(2, 0, kept);
+    let scores = query.matmul(key.transpose()); // [batch, heads, kept, tokens]
     let weights = attention.dropout.forward(softmax(scores, 3));
     let context = weights
-        .matmul(value) // [batch, heads, tokens, head_dim]
+        .matmul(value) // [batch, heads, kept, head_dim]
         .swap_dims(1, 2)
-        .reshape([rows, dim]);
+        .reshape([batch * kept, dim]);
     attention.output.forward(context)
 }
 
