@@ -58,11 +58,21 @@ fn main() {
         return;
     }
     if let Some(position) = args.iter().position(|arg| arg == "--phases") {
-        let backend = &args[position + 1];
-        let steps = args
-            .get(position + 2)
-            .and_then(|steps| steps.parse().ok())
-            .unwrap_or(30);
+        let operand = |offset| {
+            args.get(position + offset)
+                .filter(|arg: &&String| !arg.starts_with("--"))
+        };
+        let Some(backend) = operand(1) else {
+            eprintln!("error: --phases needs a backend: --phases <backend> [steps]");
+            std::process::exit(1);
+        };
+        let steps = match operand(2) {
+            None => 30,
+            Some(steps) => steps.parse().unwrap_or_else(|_| {
+                eprintln!("error: --phases steps `{steps}` is not a whole number");
+                std::process::exit(1);
+            }),
+        };
         phases(&device(backend), steps);
         return;
     }
@@ -308,7 +318,6 @@ fn phases(device: &Device, steps: usize) {
         let gradients = training.gradients(loss);
         let backward = start.elapsed();
         training.update(gradients);
-        let _ = training.model().num_params();
         let optimise = start.elapsed();
         if step >= 3 {
             seconds[0].push(forward.as_secs_f64());

@@ -188,6 +188,11 @@ impl TrainingConfig {
         }
     }
 
+    /// Optimiser steps in one epoch over `train_images` images.
+    pub fn steps_per_epoch(&self, train_images: usize) -> usize {
+        train_images.div_ceil(self.batch_size)
+    }
+
     /// The learning-rate scheduler for a run of `steps` optimiser steps.
     pub fn scheduler(&self, steps: usize) -> anyhow::Result<ModuleLrScheduler> {
         let lr = self.optimizer.learning_rate;
@@ -324,7 +329,7 @@ mod tests {
                     .data
                     .train_limit
                     .unwrap_or(60_000 - config.data.valid_size);
-                let steps = config.epochs * train_images.div_ceil(config.batch_size);
+                let steps = config.epochs * config.steps_per_epoch(train_images);
                 config.scheduler(steps).unwrap();
                 checked += 1;
             }

@@ -141,7 +141,7 @@ pub fn train(
     let train_set = MnistDataset::load(data_dir, Split::Train, &config.data)?;
     let valid_set = MnistDataset::load(data_dir, Split::Valid, &config.data)?;
     let (train_images, valid_images) = (train_set.len(), valid_set.len());
-    let steps_per_epoch = train_images.div_ceil(config.batch_size);
+    let steps_per_epoch = config.steps_per_epoch(train_images);
 
     device.seed(config.seed);
     let guard = DivergenceGuard::new();
