@@ -97,10 +97,13 @@ class Head(nn.Module):
 class Vit(nn.Module):
     def __init__(self, c):
         super().__init__()
-        c = {"dropout": 0.0, **c}
+        c = {"dropout": 0.0, "stem_channels": [], **c}
         self.patch = c["patch_size"]
         patches = (c["image_size"] // self.patch) ** 2
-        self.patch_embedding = nn.Linear(self.patch * self.patch * c["channels"], c["dim"])
+        widths = [c["channels"], *c["stem_channels"]]
+        self.stem = nn.ModuleList(
+            nn.Conv2d(i, o, kernel_size=3, padding=1) for i, o in zip(widths, widths[1:]))
+        self.patch_embedding = nn.Linear(self.patch * self.patch * widths[-1], c["dim"])
         self.class_token = nn.Parameter(torch.randn(1, 1, c["dim"]))
         self.position_embedding = nn.Parameter(torch.randn(1, patches + 1, c["dim"]))
         self.embedding_dropout = nn.Dropout(c["dropout"])
@@ -108,6 +111,8 @@ class Vit(nn.Module):
         self.head = Head(c["dim"], c["mlp_dim"], c["num_classes"])
 
     def forward(self, images):  # [batch, channels, h, w] -> logits [batch, classes]
+        for convolution in self.stem:
+            images = F.gelu(convolution(images))
         b, c, h, w = images.shape
         p = self.patch
         # 'b c (h p1) (w p2) -> b (h w) (p1 p2 c)', as the Rust side and the tutorial cut them.
@@ -201,6 +206,8 @@ def fixture(args):
     torch.manual_seed(args.seed)
     config = {"image_size": 28, "channels": 1, "patch_size": 7, "dim": 32, "depth": 2,
               "heads": 4, "mlp_dim": 64, "num_classes": 10, "dropout": 0.0}
+    if args.stem:
+        config["stem_channels"] = [int(width) for width in args.stem.split(",")]
     model = Vit(config)
     images = torch.randn(4, 1, 28, 28)
     write_run(model, config, images, args.out)
@@ -224,6 +231,7 @@ def main():
     p.set_defaults(run=train)
     p = commands.add_parser("fixture")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--stem", help="convolutional stem widths, e.g. 4,8")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=fixture)
     args = parser.parse_args()

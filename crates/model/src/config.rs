@@ -26,6 +26,12 @@ pub struct VitConfig {
     /// Dropout probability on embeddings, attention weights and feed-forward activations.
     #[serde(default)]
     pub dropout: f64,
+    /// Output channels of an optional convolutional stem: one 3×3 convolution (stride 1,
+    /// padding 1) followed by GELU per entry, run before the image is cut into patches, so
+    /// that each token sees its neighbours' pixels. Empty, as in the tutorial, cuts the image
+    /// itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stem_channels: Vec<usize>,
 }
 
 /// Why a [`VitConfig`] cannot build a network.
@@ -58,6 +64,7 @@ impl VitConfig {
             mlp_dim: 128,
             num_classes: 10,
             dropout: 0.0,
+            stem_channels: Vec::new(),
         }
     }
 
@@ -80,9 +87,17 @@ impl VitConfig {
         (self.image_size / self.patch_size).pow(2)
     }
 
+    /// Channels of the map that is cut into patches: the stem's last output, or the image's.
+    pub fn patch_channels(&self) -> usize {
+        self.stem_channels
+            .last()
+            .copied()
+            .unwrap_or(self.channels)
+    }
+
     /// Values of one patch, flattened: the patch embedding's input width.
     pub fn patch_values(&self) -> usize {
-        self.patch_size * self.patch_size * self.channels
+        self.patch_size * self.patch_size * self.patch_channels()
     }
 
     /// Checks every constraint the network relies on.
@@ -99,6 +114,11 @@ impl VitConfig {
         ];
         if let Some((field, _)) = sizes.iter().find(|(_, value)| *value == 0) {
             return Err(ConfigError::Zero { field });
+        }
+        if self.stem_channels.contains(&0) {
+            return Err(ConfigError::Zero {
+                field: "stem_channels",
+            });
         }
         if self.image_size % self.patch_size != 0 {
             return Err(ConfigError::PatchDoesNotDivide {
@@ -134,7 +154,7 @@ mod tests {
 
     #[test]
     fn each_zero_size_is_named() {
-        let zeroed: [(&str, fn(&mut VitConfig)); 8] = [
+        let zeroed: [(&str, fn(&mut VitConfig)); 9] = [
             ("image_size", |c| c.image_size = 0),
             ("channels", |c| c.channels = 0),
             ("patch_size", |c| c.patch_size = 0),
@@ -143,6 +163,7 @@ mod tests {
             ("heads", |c| c.heads = 0),
             ("mlp_dim", |c| c.mlp_dim = 0),
             ("num_classes", |c| c.num_classes = 0),
+            ("stem_channels", |c| c.stem_channels = vec![16, 0]),
         ];
         for (field, zero) in zeroed {
             let mut config = VitConfig::tutorial();
@@ -196,6 +217,19 @@ mod tests {
                 "{dropout}"
             );
         }
+    }
+
+    #[test]
+    fn a_stem_widens_the_patches_and_is_left_out_of_tutorial_json() {
+        let config = VitConfig {
+            stem_channels: vec![8, 32],
+            ..VitConfig::tutorial()
+        };
+        assert_eq!(config.patch_values(), 7 * 7 * 32);
+        let json = serde_json::to_string(&VitConfig::tutorial()).unwrap();
+        assert!(!json.contains("stem_channels"), "{json}");
+        let parsed: VitConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed, VitConfig::tutorial());
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The network: patch embedding, class token, learned positions, pre-norm encoder blocks and an
-//! MLP head on the class token, as in the PyTorch MNIST tutorial.
+//! MLP head on the class token, as in the PyTorch MNIST tutorial, with an optional stem of 3×3
+//! convolutions before the patches are cut.
 
 use burn::module::Param;
 use burn::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::transformer::{PositionWiseFeedForward, PositionWiseFeedForwardConfig};
 use burn::nn::{
     Dropout, DropoutConfig, Gelu, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+    PaddingConfig2d,
 };
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -16,6 +19,9 @@ use crate::{ConfigError, VitConfig};
 /// A Vision Transformer classifier. Build it with [`VitConfig::init`].
 #[derive(Module, Debug)]
 pub struct Vit {
+    /// 3×3 convolutions, each followed by GELU; empty in the tutorial network.
+    stem: Vec<Conv2d>,
+    stem_activation: Gelu,
     patch_embedding: Linear,
     class_token: Param<Tensor<3>>,
     position_embedding: Param<Tensor<3>>,
@@ -66,7 +72,18 @@ impl VitConfig {
                 .with_dropout(self.dropout)
                 .init(device),
         };
+        let stem_inputs = std::iter::once(self.channels).chain(self.stem_channels.iter().copied());
+        let stem = stem_inputs
+            .zip(&self.stem_channels)
+            .map(|(input, &output)| {
+                Conv2dConfig::new([input, output], [3, 3])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .init(device)
+            })
+            .collect();
         Ok(Vit {
+            stem,
+            stem_activation: Gelu::new(),
             patch_embedding: LinearConfig::new(self.patch_values(), self.dim).init(device),
             class_token: standard_normal.init([1, 1, self.dim], device),
             position_embedding: standard_normal.init([1, tokens, self.dim], device),
@@ -86,6 +103,9 @@ impl Vit {
     /// Class logits `[batch, classes]` for images `[batch, channels, height, width]` whose
     /// sides are the configured image size (normalised as in training).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let images = self.stem.iter().fold(images, |map, convolution| {
+            self.stem_activation.forward(convolution.forward(map))
+        }); // [batch, patch channels, height, width]
         let [batch, channels, height, width] = images.dims();
         let patch = self.patch_size;
         let (rows, cols) = (height / patch, width / patch);
@@ -96,7 +116,7 @@ impl Vit {
         let patches = images
             .reshape([batch, channels, rows, patch, cols, patch])
             .permute([0, 2, 4, 3, 5, 1])
-            .reshape([batch * rows * cols, patch * patch * channels]); // [batch * 16, 49]
+            .reshape([batch * rows * cols, patch * patch * channels]); // [batch * 16, 49] (tutorial)
         let [_, _, dim] = self.position_embedding.dims();
         let tokens = self
             .patch_embedding
@@ -238,10 +258,28 @@ mod tests {
             mlp_dim: 32,
             num_classes: 5,
             dropout: 0.1,
+            stem_channels: Vec::new(),
         };
         let model = config.init(&device).unwrap();
         let logits = model.forward(Tensor::ones([2, 3, 12, 12], &device));
         assert_eq!(logits.dims(), [2, 5]);
+
+        let with_stem = VitConfig {
+            stem_channels: vec![4, 6],
+            ..config
+        };
+        let model = with_stem.init(&device).unwrap();
+        let logits = model.forward(Tensor::ones([2, 3, 12, 12], &device));
+        assert_eq!(logits.dims(), [2, 5]);
+        // Two 3×3 convolutions (3→4, 4→6) with biases, and a patch embedding from 4·4·6 values.
+        let without_stem = VitConfig {
+            stem_channels: Vec::new(),
+            ..with_stem.clone()
+        };
+        let base = without_stem.init(&device).unwrap().num_params();
+        let stem = (3 * 4 * 9 + 4) + (4 * 6 * 9 + 6);
+        let wider_embedding = (4 * 4 * 6 - 4 * 4 * 3) * 24;
+        assert_eq!(model.num_params(), base + stem + wider_embedding);
     }
 
     /// The tutorial's PyTorch model has 213,642 parameters; ours has the same layers.

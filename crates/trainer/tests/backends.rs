@@ -1,7 +1,8 @@
 //! Every compiled-in backend computes the same network: the PyTorch-made fixture weights give
 //! the same logits on each (and PyTorch's own, from the fixture's probe), and one Adam step from
 //! the same state gives the same loss. The test build holds every backend (`cargo xtask test`);
-//! a plain `cargo test` checks flex against ndarray.
+//! a plain `cargo test` checks flex against ndarray. Both fixtures are checked: the plain
+//! network and one with a convolutional stem.
 
 use std::path::Path;
 
@@ -17,9 +18,12 @@ const LOGIT_TOLERANCE: f32 = PROBE_TOLERANCE;
 /// Losses before and after one optimiser step may differ this much between backends.
 const LOSS_TOLERANCE: f32 = 1e-4;
 
-fn fixture(file: &str) -> std::path::PathBuf {
+const FIXTURES: [&str; 2] = ["torch-small", "torch-small-stem"];
+
+fn fixture(name: &str, file: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../model/tests/fixtures/torch-small")
+        .join("../model/tests/fixtures")
+        .join(name)
         .join(file)
 }
 
@@ -34,9 +38,9 @@ fn backends() -> Vec<(&'static str, Device)> {
     devices
 }
 
-fn fixture_model(device: &Device) -> Vit {
-    let config = artifact::load_config(&fixture(CONFIG_FILE)).unwrap();
-    import_safetensors(&fixture(SAFETENSORS_FILE), &config, device).unwrap()
+fn fixture_model(name: &str, device: &Device) -> Vit {
+    let config = artifact::load_config(&fixture(name, CONFIG_FILE)).unwrap();
+    import_safetensors(&fixture(name, SAFETENSORS_FILE), &config, device).unwrap()
 }
 
 fn floats<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
@@ -57,26 +61,31 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn every_backend_gives_the_same_logits() {
-    let reference = Probe::load(&fixture(PROBE_FILE), &Device::flex()).unwrap();
-    let images = floats(reference.images.clone());
-    let shape = reference.images.dims();
-    let expected = floats(reference.logits.clone());
-    for (name, device) in backends() {
-        let model = fixture_model(&device);
-        let input = Tensor::from_data(TensorData::new(images.clone(), shape), &device);
-        let logits = floats(model.forward(input));
-        let diff = max_abs_diff(&logits, &expected);
-        println!("{name}: max abs diff from PyTorch's logits {diff:.2e}");
-        assert!(diff <= LOGIT_TOLERANCE, "{name}: logits differ by {diff:e}");
+    for fixture_name in FIXTURES {
+        let reference = Probe::load(&fixture(fixture_name, PROBE_FILE), &Device::flex()).unwrap();
+        let images = floats(reference.images.clone());
+        let shape = reference.images.dims();
+        let expected = floats(reference.logits.clone());
+        for (name, device) in backends() {
+            let model = fixture_model(fixture_name, &device);
+            let input = Tensor::from_data(TensorData::new(images.clone(), shape), &device);
+            let logits = floats(model.forward(input));
+            let diff = max_abs_diff(&logits, &expected);
+            println!("{fixture_name} on {name}: max abs diff from PyTorch's logits {diff:.2e}");
+            assert!(
+                diff <= LOGIT_TOLERANCE,
+                "{fixture_name} on {name}: logits differ by {diff:e}"
+            );
+        }
     }
 }
 
 /// The cross-entropy loss before and after one Adam step (lr 3e-3) on the probe's images,
 /// labelled 0, 1, 2, …
-fn losses_around_one_step(device: &Device) -> [f32; 2] {
+fn losses_around_one_step(fixture_name: &str, device: &Device) -> [f32; 2] {
     let device = device.clone().autodiff();
-    let model = fixture_model(&device);
-    let probe = Probe::load(&fixture(PROBE_FILE), &device).unwrap();
+    let model = fixture_model(fixture_name, &device);
+    let probe = Probe::load(&fixture(fixture_name, PROBE_FILE), &device).unwrap();
     let batch = probe.images.dims()[0];
     let labels: Vec<i64> = (0..batch as i64).collect();
     let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &device);
@@ -97,15 +106,20 @@ fn losses_around_one_step(device: &Device) -> [f32; 2] {
 
 #[test]
 fn one_optimiser_step_gives_the_same_loss_everywhere() {
-    let reference = losses_around_one_step(&Device::flex());
-    assert!(
-        reference[1] < reference[0],
-        "a step lowers the loss: {reference:?}"
-    );
-    for (name, device) in backends().into_iter().skip(1) {
-        let losses = losses_around_one_step(&device);
-        println!("{name}: loss {losses:?}, flex {reference:?}");
-        let diff = max_abs_diff(&losses, &reference);
-        assert!(diff <= LOSS_TOLERANCE, "{name}: losses differ by {diff:e}");
+    for fixture_name in FIXTURES {
+        let reference = losses_around_one_step(fixture_name, &Device::flex());
+        assert!(
+            reference[1] < reference[0],
+            "{fixture_name}: a step lowers the loss: {reference:?}"
+        );
+        for (name, device) in backends().into_iter().skip(1) {
+            let losses = losses_around_one_step(fixture_name, &device);
+            println!("{fixture_name} on {name}: loss {losses:?}, flex {reference:?}");
+            let diff = max_abs_diff(&losses, &reference);
+            assert!(
+                diff <= LOSS_TOLERANCE,
+                "{fixture_name} on {name}: losses differ by {diff:e}"
+            );
+        }
     }
 }
