@@ -89,10 +89,7 @@ impl VitConfig {
 
     /// Channels of the map that is cut into patches: the stem's last output, or the image's.
     pub fn patch_channels(&self) -> usize {
-        self.stem_channels
-            .last()
-            .copied()
-            .unwrap_or(self.channels)
+        self.stem_channels.last().copied().unwrap_or(self.channels)
     }
 
     /// Values of one patch, flattened: the patch embedding's input width.

@@ -38,7 +38,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a model and evaluate it once on the test set.
+    /// Train a model and evaluate it once on the test set (unless `--no-test`).
     Train {
         /// Training config (model, optimiser, schedule, data, epochs, seed).
         #[arg(long, default_value = "configs/vit-mnist-tutorial.json")]
@@ -57,6 +57,10 @@ enum Command {
         /// Continue an unfinished run from its last complete checkpoint, with its own config.
         #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "run", "epochs"])]
         resume: Option<PathBuf>,
+        /// Leave the test set untouched: the run reports validation only, for comparing
+        /// settings. `eval --run-dir` tests the chosen run later, once.
+        #[arg(long)]
+        no_test: bool,
     },
     /// Evaluate a finished run on the MNIST test set; writes confusion.png into the run.
     Eval {
@@ -166,13 +170,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             run,
             epochs,
             resume,
+            no_test,
         } => {
+            let test = if no_test {
+                training::TestSet::Untouched
+            } else {
+                training::TestSet::Evaluate
+            };
             if let Some(path) = resume {
                 let run = RunDir::resume(&path)?;
                 let config = TrainingConfig::load(&run.training_config_path())?;
                 let epoch = run.last_checkpoint();
                 println!("resuming {} after epoch {epoch}", run.path().display());
-                training::train(&config, &data.dir()?, &run, &device, epoch)?;
+                training::train(&config, &data.dir()?, &run, &device, epoch, test)?;
                 return Ok(());
             }
             let mut config = TrainingConfig::load(&config_path)?;
@@ -182,7 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let name = run.unwrap_or_else(|| default_run_name(&config_path));
             let run = RunDir::create(&artifacts, &name)?;
-            training::train(&config, &data.dir()?, &run, &device, 0)?;
+            training::train(&config, &data.dir()?, &run, &device, 0, test)?;
         }
         Command::Eval { run, data } => {
             let run = run.open()?;

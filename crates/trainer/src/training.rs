@@ -97,7 +97,18 @@ pub struct RunReport {
     /// Training images per second of Learner time (validation passes included).
     pub train_images_per_second: f64,
     pub history: Vec<EpochMetrics>,
-    pub test: Evaluation,
+    /// The exported model on the test set; absent for a run trained with `--no-test`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<Evaluation>,
+}
+
+/// Whether a finished run evaluates its exported model on the test set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestSet {
+    Evaluate,
+    /// Validation only: the run is one of several being compared, and the test set must wait
+    /// for the chosen one.
+    Untouched,
 }
 
 fn train_loader(
@@ -133,6 +144,7 @@ pub fn train(
     run: &RunDir,
     device: &Device,
     resume_from: usize,
+    testing: TestSet,
 ) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     if resume_from == 0 {
@@ -220,10 +232,17 @@ pub fn train(
     charts::learning_curves(&history, run.path())?;
 
     // The test set is touched once, here, by the exported model.
-    let test_set = MnistDataset::load(data_dir, Split::Test, &config.data)?;
-    let (vit, _) = artifact::load(run.path(), device)?;
-    let test = evaluate(&vit, &test_set, config.batch_size.max(500), device);
-    charts::confusion_matrix(&test.confusion, &run.path().join(charts::CONFUSION_CHART))?;
+    let test = match testing {
+        TestSet::Evaluate => {
+            let test_set = MnistDataset::load(data_dir, Split::Test, &config.data)?;
+            let (vit, _) = artifact::load(run.path(), device)?;
+            let test = evaluate(&vit, &test_set, config.batch_size.max(500), device);
+            let chart = run.path().join(charts::CONFUSION_CHART);
+            charts::confusion_matrix(&test.confusion, &chart)?;
+            Some(test)
+        }
+        TestSet::Untouched => None,
+    };
     let epochs_run = history.len();
     let trained_images = train_images * (epochs_run - resume_from.min(epochs_run));
     let report = RunReport {
@@ -243,7 +262,13 @@ pub fn train(
     run.write_json(REPORT_FILE, &report)
         .context("cannot write the report")?;
     println!("exported epoch {exported_epoch} (best validation accuracy of {epochs_run} epochs)");
-    println!("test {}", report.test);
+    match &report.test {
+        Some(test) => println!("test {test}"),
+        None => println!(
+            "test set untouched (--no-test); `eval --run-dir {}` evaluates this run",
+            run.path().display()
+        ),
+    }
     println!(
         "wall time {} ({:.0} training images/s); model, report and charts in {}",
         minutes_seconds(report.wall_seconds),

@@ -114,6 +114,61 @@ fn train_then_eval_then_infer_on_synthetic_digits() {
     );
 }
 
+/// `train --no-test` never reads the test files: with them corrupt it still trains and exports,
+/// reports no test figures, and `eval` later is what finds them corrupt.
+#[test]
+fn train_with_no_test_leaves_the_test_set_alone() {
+    let work = tempfile::tempdir().unwrap();
+    let (data, artifacts) = (work.path().join("data"), work.path().join("artifacts"));
+    std::fs::create_dir_all(&data).unwrap();
+    synthetic_mnist(&data, 300, 50, bar_label);
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("t10k")
+        {
+            std::fs::write(path, b"not an IDX file").unwrap();
+        }
+    }
+    let config = smoke_config(work.path(), 100, 1);
+    let [config, data, artifacts] =
+        [&config, &data, &artifacts].map(|p| p.to_str().unwrap().to_string());
+    let trained = run(&[
+        "train",
+        "--config",
+        &config,
+        "--data-dir",
+        &data,
+        "--artifacts",
+        &artifacts,
+        "--run",
+        "validation-only",
+        "--no-test",
+    ]);
+    assert!(trained.status.success(), "{}", text(&trained));
+    assert!(
+        text(&trained).contains("test set untouched"),
+        "{}",
+        text(&trained)
+    );
+    let run_dir = Path::new(&artifacts).join("validation-only");
+    assert!(run_dir.join("model.bpk").is_file());
+    assert!(!run_dir.join("confusion.png").exists());
+    assert!(report(&run_dir).get("test").is_none());
+
+    let run_dir = run_dir.to_str().unwrap();
+    let evaluated = run(&["eval", "--run-dir", run_dir, "--data-dir", &data]);
+    assert!(!evaluated.status.success());
+    assert!(
+        text(&evaluated).contains("t10k-images"),
+        "{}",
+        text(&evaluated)
+    );
+}
+
 #[test]
 fn missing_mnist_files_say_what_to_put_where() {
     let empty = tempfile::tempdir().unwrap();
