@@ -11,7 +11,7 @@ use burn::nn::{
     PaddingConfig2d,
 };
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::module::linear;
 
 use crate::{ConfigError, VitConfig};
@@ -21,7 +21,6 @@ use crate::{ConfigError, VitConfig};
 pub struct Vit {
     /// 3×3 convolutions, each followed by GELU; empty in the tutorial network.
     stem: Vec<Conv2d>,
-    stem_activation: Gelu,
     patch_embedding: Linear,
     class_token: Param<Tensor<3>>,
     position_embedding: Param<Tensor<3>>,
@@ -72,18 +71,17 @@ impl VitConfig {
                 .with_dropout(self.dropout)
                 .init(device),
         };
-        let stem_inputs = std::iter::once(self.channels).chain(self.stem_channels.iter().copied());
-        let stem = stem_inputs
-            .zip(&self.stem_channels)
-            .map(|(input, &output)| {
-                Conv2dConfig::new([input, output], [3, 3])
+        let widths = [&[self.channels][..], &self.stem_channels].concat();
+        let stem = widths
+            .windows(2)
+            .map(|pair| {
+                Conv2dConfig::new([pair[0], pair[1]], [3, 3])
                     .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                     .init(device)
             })
             .collect();
         Ok(Vit {
             stem,
-            stem_activation: Gelu::new(),
             patch_embedding: LinearConfig::new(self.patch_values(), self.dim).init(device),
             class_token: standard_normal.init([1, 1, self.dim], device),
             position_embedding: standard_normal.init([1, tokens, self.dim], device),
@@ -103,9 +101,11 @@ impl Vit {
     /// Class logits `[batch, classes]` for images `[batch, channels, height, width]` whose
     /// sides are the configured image size (normalised as in training).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        let images = self.stem.iter().fold(images, |map, convolution| {
-            self.stem_activation.forward(convolution.forward(map))
-        }); // [batch, patch channels, height, width]
+        // [batch, patch channels, height, width]
+        let images = self
+            .stem
+            .iter()
+            .fold(images, |map, convolution| gelu(convolution.forward(map)));
         let [batch, channels, height, width] = images.dims();
         let patch = self.patch_size;
         let (rows, cols) = (height / patch, width / patch);

@@ -33,6 +33,26 @@ fn smoke_config(dir: &Path, valid_size: usize, epochs: usize) -> PathBuf {
     path
 }
 
+/// `train` of `config` on the MNIST files in `data`, into `artifacts/<name>`.
+fn train_args<'a>(
+    config: &'a str,
+    data: &'a str,
+    artifacts: &'a str,
+    name: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--config",
+        config,
+        "--data-dir",
+        data,
+        "--artifacts",
+        artifacts,
+        "--run",
+        name,
+    ]
+}
+
 fn report(run_dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap()).unwrap()
 }
@@ -47,17 +67,7 @@ fn train_then_eval_then_infer_on_synthetic_digits() {
     let [config, data, artifacts] =
         [&config, &data, &artifacts].map(|p| p.to_str().unwrap().to_string());
 
-    let train_bars = [
-        "train",
-        "--config",
-        &config,
-        "--data-dir",
-        &data,
-        "--artifacts",
-        &artifacts,
-        "--run",
-        "bars",
-    ];
+    let train_bars = train_args(&config, &data, &artifacts, "bars");
     let trained = run(&train_bars);
     assert!(trained.status.success(), "{}", text(&trained));
     let run_dir = Path::new(&artifacts).join("bars");
@@ -136,18 +146,9 @@ fn train_with_no_test_leaves_the_test_set_alone() {
     let config = smoke_config(work.path(), 100, 1);
     let [config, data, artifacts] =
         [&config, &data, &artifacts].map(|p| p.to_str().unwrap().to_string());
-    let trained = run(&[
-        "train",
-        "--config",
-        &config,
-        "--data-dir",
-        &data,
-        "--artifacts",
-        &artifacts,
-        "--run",
-        "validation-only",
-        "--no-test",
-    ]);
+    let mut args = train_args(&config, &data, &artifacts, "validation-only");
+    args.push("--no-test");
+    let trained = run(&args);
     assert!(trained.status.success(), "{}", text(&trained));
     assert!(
         text(&trained).contains("test set untouched"),
