@@ -9,9 +9,11 @@
 //!   that embed a trained model (`examples/predict.rs`).
 //! - [`portable`] moves weights to and from PyTorch as safetensors.
 //! - [`input`] is the pixel normalisation the network was trained with.
+//! - [`fused`]: LayerNorm and softmax as single operations with their own backward passes.
 
 pub mod artifact;
 mod config;
+pub mod fused;
 pub mod input;
 pub mod portable;
 mod predict;

@@ -11,10 +11,13 @@ use burn::nn::{
     PaddingConfig2d,
 };
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use burn::tensor::module::linear;
 
-use crate::{ConfigError, VitConfig};
+use crate::{ConfigError, VitConfig, fused};
+
+/// The LayerNorms' epsilon: PyTorch's default, as in the tutorial.
+const LAYER_NORM_EPSILON: f64 = 1e-5;
 
 /// A Vision Transformer classifier. Build it with [`VitConfig::init`].
 #[derive(Module, Debug)]
@@ -58,7 +61,9 @@ impl VitConfig {
         };
         let tokens = self.num_patches() + 1;
         let block = || EncoderBlock {
-            attention_norm: LayerNormConfig::new(self.dim).init(device),
+            attention_norm: LayerNormConfig::new(self.dim)
+                .with_epsilon(LAYER_NORM_EPSILON)
+                .init(device),
             // No bias on q, k, v: the tutorial's `to_qkv` has none; the output projection has one.
             attention: MultiHeadAttentionConfig::new(self.dim, self.heads)
                 .with_dropout(self.dropout)
@@ -66,7 +71,9 @@ impl VitConfig {
                 .with_key_bias(false)
                 .with_value_bias(false)
                 .init(device),
-            mlp_norm: LayerNormConfig::new(self.dim).init(device),
+            mlp_norm: LayerNormConfig::new(self.dim)
+                .with_epsilon(LAYER_NORM_EPSILON)
+                .init(device),
             mlp: PositionWiseFeedForwardConfig::new(self.dim, self.mlp_dim)
                 .with_dropout(self.dropout)
                 .init(device),
@@ -149,10 +156,18 @@ impl EncoderBlock {
     /// One block over the tokens of `batch` images, stacked as rows `[batch * tokens, dim]`.
     /// It returns the outputs of the first `kept` tokens of each image, `[batch * kept, dim]`.
     fn forward(&self, x: Tensor<2>, batch: usize, kept: usize) -> Tensor<2> {
-        let normed = self.attention_norm.forward(x.clone());
+        let normed = normalize(&self.attention_norm, x.clone());
         let x = first_tokens(x, batch, kept) + self_attention(&self.attention, normed, batch, kept);
-        let normed = self.mlp_norm.forward(x.clone());
+        let normed = normalize(&self.mlp_norm, x.clone());
         x + self.mlp.forward(normed)
+    }
+}
+
+/// `layer` applied to the rows of `x`, as one fused operation where the backend has it.
+fn normalize(layer: &LayerNorm, x: Tensor<2>) -> Tensor<2> {
+    match &layer.beta {
+        Some(beta) => fused::layer_norm(x, layer.gamma.val(), beta.val(), LAYER_NORM_EPSILON),
+        None => layer.forward(x),
     }
 }
 
@@ -218,7 +233,7 @@ fn self_attention(
         .expect("three chunks of equal size");
     let query = query.narrow(2, 0, kept);
     let scores = query.matmul(key.transpose()); // [batch, heads, kept, tokens]
-    let weights = attention.dropout.forward(softmax(scores, 3));
+    let weights = attention.dropout.forward(fused::softmax(scores));
     let context = weights
         .matmul(value) // [batch, heads, kept, head_dim]
         .swap_dims(1, 2)

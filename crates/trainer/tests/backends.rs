@@ -123,3 +123,96 @@ fn one_optimiser_step_gives_the_same_loss_everywhere() {
         }
     }
 }
+
+/// Fused and composed results may differ this much relative to the largest value (at least 1):
+/// float32, summed in other orders.
+const FUSED_TOLERANCE: f32 = 1e-5;
+
+/// Deterministic values in [-2, 2] that vary along every dimension.
+fn wavy<const D: usize>(shape: [usize; D], phase: f32, device: &Device) -> Tensor<D> {
+    let count = shape.iter().product::<usize>();
+    let values: Vec<f32> = (0..count)
+        .map(|i| 2.0 * (i as f32 * 0.37 + phase).sin() * (i as f32 * 0.011).cos())
+        .collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// The output of `op` and the gradients of `Σ output · weights` for each input, as host values.
+fn values_and_gradients<const D: usize, const N: usize>(
+    inputs: &[Tensor<D>; N],
+    weights: &Tensor<D>,
+    op: impl Fn(&[Tensor<D>; N]) -> Tensor<D>,
+) -> Vec<Vec<f32>> {
+    let inputs = inputs.clone().map(|input| input.require_grad());
+    let output = op(&inputs);
+    let grads = (output.clone() * weights.clone()).sum().backward();
+    let mut results = vec![floats(output)];
+    results.extend(
+        inputs
+            .iter()
+            .map(|input| floats(input.grad(&grads).unwrap())),
+    );
+    results
+}
+
+fn assert_close(what: &str, fused: &[Vec<f32>], composed: &[Vec<f32>]) {
+    for (index, (fused, composed)) in fused.iter().zip(composed).enumerate() {
+        let diff = max_abs_diff(fused, composed);
+        let scale = composed
+            .iter()
+            .fold(1.0f32, |max, value| max.max(value.abs()));
+        assert!(
+            diff <= FUSED_TOLERANCE * scale,
+            "{what}, result {index} (0: output, then each input's gradient): differs by {diff:e} \
+             at values up to {scale}"
+        );
+    }
+}
+
+/// The model's fused LayerNorm and softmax give Burn's own results and gradients on every
+/// backend, over more rows than one task of the host kernels takes.
+#[test]
+fn fused_operations_match_burns_composed_ones_on_every_backend() {
+    let (rows, features) = (150, 24);
+    for (name, device) in backends() {
+        assert!(
+            vit_model::fused::supports(&device),
+            "{name}: the fused path is built in"
+        );
+        let device = device.autodiff();
+        let x = wavy([rows, features], 0.0, &device);
+        // gamma and beta as rows broadcast to x's shape, so both sides share one input type.
+        let gamma = wavy([1, features], 1.0, &device);
+        let beta = wavy([1, features], 2.0, &device);
+        let weights = wavy([rows, features], 3.0, &device);
+        let inputs = [x.clone(), gamma, beta];
+        let fused = values_and_gradients(&inputs, &weights, |[x, gamma, beta]| {
+            vit_model::fused::layer_norm(
+                x.clone(),
+                gamma.clone().reshape([features]),
+                beta.clone().reshape([features]),
+                1e-5,
+            )
+        });
+        let composed = values_and_gradients(&inputs, &weights, |[x, gamma, beta]| {
+            burn::tensor::module::layer_norm(
+                x.clone(),
+                gamma.clone().reshape([features]),
+                Some(beta.clone().reshape([features])),
+                1e-5,
+            )
+        });
+        assert_close(&format!("layer norm on {name}"), &fused, &composed);
+
+        let scores = wavy([3, 2, 17, 17], 4.0, &device).mul_scalar(3.0);
+        let weights = wavy([3, 2, 17, 17], 5.0, &device);
+        let fused = values_and_gradients(&[scores.clone()], &weights, |[x]| {
+            vit_model::fused::softmax(x.clone())
+        });
+        let composed = values_and_gradients(&[scores], &weights, |[x]| {
+            burn::tensor::activation::softmax(x.clone(), 3)
+        });
+        assert_close(&format!("softmax on {name}"), &fused, &composed);
+        println!("{name}: fused LayerNorm and softmax agree with Burn's");
+    }
+}

@@ -1,0 +1,193 @@
+//! The backward passes of the fused operations for backends without kernels of their own: one
+//! sweep over the rows on the host (flex, ndarray), or a composed form that stays on the device.
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, TensorMetadata};
+use burn::tensor::{DType, TensorData, read_sync};
+
+/// LayerNorm's backward pass from primitive operations, for backends without a better one:
+/// with `x̂ = (x - mean) · rstd` and `g = grad · gamma`,
+/// `dx = rstd · (g - mean(g) - x̂ · mean(g · x̂))`, `dgamma = Σ grad · x̂`, `dbeta = Σ grad`.
+pub(super) fn composed_layer_norm_backward<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    epsilon: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let shape = x.shape();
+    let last = shape.num_dims() - 1;
+    let features = shape[last];
+    let rows = shape.num_elements() / features;
+    let x = B::float_reshape(x, [rows, features].into());
+    let grad = B::float_reshape(grad, [rows, features].into());
+    let gamma = B::float_reshape(gamma, [1, features].into());
+
+    let mean = B::float_mean_dim(x.clone(), 1);
+    let centered = B::float_sub(x, mean);
+    let variance = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), 1);
+    let rstd = B::float_powf_scalar(B::float_add_scalar(variance, epsilon.into()), (-0.5).into());
+    let normalized = B::float_mul(centered, rstd.clone());
+
+    let scaled = B::float_mul(grad.clone(), gamma);
+    let scaled_mean = B::float_mean_dim(scaled.clone(), 1);
+    let projection = B::float_mean_dim(B::float_mul(scaled.clone(), normalized.clone()), 1);
+    let grad_x = B::float_mul(
+        B::float_sub(
+            B::float_sub(scaled, scaled_mean),
+            B::float_mul(normalized.clone(), projection),
+        ),
+        rstd,
+    );
+    let grad_gamma = B::float_sum_dim(B::float_mul(grad.clone(), normalized), 0);
+    let grad_beta = B::float_sum_dim(grad, 0);
+    (
+        B::float_reshape(grad_x, shape),
+        B::float_reshape(grad_gamma, [features].into()),
+        B::float_reshape(grad_beta, [features].into()),
+    )
+}
+
+/// Softmax's backward pass from primitive operations: `dx = y · (grad - Σ grad · y)`.
+pub(super) fn composed_softmax_backward<B: Backend>(
+    output: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let last = output.shape().num_dims() - 1;
+    let projection = B::float_sum_dim(B::float_mul(grad.clone(), output.clone()), last);
+    B::float_mul(output, B::float_sub(grad, projection))
+}
+
+/// Rows handed to one task of the host kernels: enough work to outweigh a task's cost.
+const ROWS_PER_TASK: usize = 64;
+
+/// LayerNorm's backward pass in one sweep over the rows, on the host. `None` for tensors that
+/// are not `f32`.
+pub(super) fn host_layer_norm_backward<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    epsilon: f64,
+) -> Option<(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>)> {
+    use rayon::prelude::*;
+
+    if [&x, &gamma, &grad].iter().any(|t| t.dtype() != DType::F32) {
+        return None;
+    }
+    let device = x.device();
+    let shape = x.shape();
+    let features = shape[shape.num_dims() - 1];
+    let (x, gamma, grad) = (host::<B>(x), host::<B>(gamma), host::<B>(grad));
+    let (x, gamma, grad) = (
+        x.as_slice::<f32>().ok()?,
+        gamma.as_slice::<f32>().ok()?,
+        grad.as_slice::<f32>().ok()?,
+    );
+    let epsilon = epsilon as f32;
+    let mut grad_x = vec![0.0f32; x.len()];
+    let chunk = ROWS_PER_TASK * features;
+    let (grad_gamma, grad_beta) = grad_x
+        .par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk).zip(grad.par_chunks(chunk)))
+        .map(|(grad_x, (x, grad))| {
+            let mut sums = (vec![0.0f32; features], vec![0.0f32; features]);
+            let rows = grad_x
+                .chunks_mut(features)
+                .zip(x.chunks(features).zip(grad.chunks(features)));
+            for (grad_x, (x, grad)) in rows {
+                layer_norm_row_backward(x, grad, gamma, epsilon, grad_x, &mut sums);
+            }
+            sums
+        })
+        .reduce(
+            || (vec![0.0f32; features], vec![0.0f32; features]),
+            |(mut gamma, mut beta), (other_gamma, other_beta)| {
+                add_into(&mut gamma, &other_gamma);
+                add_into(&mut beta, &other_beta);
+                (gamma, beta)
+            },
+        );
+    Some((
+        B::float_from_data(TensorData::new(grad_x, shape), &device),
+        B::float_from_data(TensorData::new(grad_gamma, [features]), &device),
+        B::float_from_data(TensorData::new(grad_beta, [features]), &device),
+    ))
+}
+
+/// One row of LayerNorm's backward pass; adds the row's share of the gamma and beta gradients
+/// to `sums`.
+fn layer_norm_row_backward(
+    x: &[f32],
+    grad: &[f32],
+    gamma: &[f32],
+    epsilon: f32,
+    grad_x: &mut [f32],
+    (grad_gamma, grad_beta): &mut (Vec<f32>, Vec<f32>),
+) {
+    let count = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / count;
+    let variance = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / count;
+    let rstd = 1.0 / (variance + epsilon).sqrt();
+    // grad_x holds grad · gamma until the row's two means are known.
+    let (mut scaled_sum, mut projection) = (0.0f32, 0.0f32);
+    let columns = x.iter().zip(grad).zip(gamma).zip(grad_x.iter_mut());
+    let sums = grad_gamma.iter_mut().zip(grad_beta.iter_mut());
+    for ((((x, grad), gamma), scaled), (grad_gamma, grad_beta)) in columns.zip(sums) {
+        let normalized = (x - mean) * rstd;
+        *scaled = grad * gamma;
+        scaled_sum += *scaled;
+        projection += *scaled * normalized;
+        *grad_gamma += grad * normalized;
+        *grad_beta += grad;
+    }
+    let (scaled_mean, projection) = (scaled_sum / count, projection / count);
+    for (x, grad_x) in x.iter().zip(grad_x.iter_mut()) {
+        let normalized = (x - mean) * rstd;
+        *grad_x = rstd * (*grad_x - scaled_mean - normalized * projection);
+    }
+}
+
+/// Softmax's backward pass along the last dimension in one sweep, on the host. `None` for
+/// tensors that are not `f32`.
+pub(super) fn host_softmax_backward<B: Backend>(
+    output: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> Option<FloatTensor<B>> {
+    use rayon::prelude::*;
+
+    if output.dtype() != DType::F32 || grad.dtype() != DType::F32 {
+        return None;
+    }
+    let device = output.device();
+    let shape = output.shape();
+    let features = shape[shape.num_dims() - 1];
+    let (output, grad) = (host::<B>(output), host::<B>(grad));
+    let (output, grad) = (output.as_slice::<f32>().ok()?, grad.as_slice::<f32>().ok()?);
+    let mut grad_x = vec![0.0f32; output.len()];
+    let chunk = ROWS_PER_TASK * features;
+    grad_x
+        .par_chunks_mut(chunk)
+        .zip(output.par_chunks(chunk).zip(grad.par_chunks(chunk)))
+        .for_each(|(grad_x, (output, grad))| {
+            let rows = grad_x
+                .chunks_mut(features)
+                .zip(output.chunks(features).zip(grad.chunks(features)));
+            for (grad_x, (output, grad)) in rows {
+                let projection: f32 = output.iter().zip(grad).map(|(y, g)| y * g).sum();
+                for ((dx, y), g) in grad_x.iter_mut().zip(output).zip(grad) {
+                    *dx = y * (g - projection);
+                }
+            }
+        });
+    Some(B::float_from_data(TensorData::new(grad_x, shape), &device))
+}
+
+/// A tensor's values on the host, in row-major order.
+fn host<B: Backend>(tensor: FloatTensor<B>) -> TensorData {
+    read_sync(B::float_into_data(tensor)).expect("a CPU backend's tensor is readable")
+}
+
+fn add_into(sum: &mut [f32], other: &[f32]) {
+    for (sum, other) in sum.iter_mut().zip(other) {
+        *sum += other;
+    }
+}

@@ -1,0 +1,258 @@
+//! LayerNorm and softmax as single operations with hand-written backward passes.
+//!
+//! Burn's autodiff backend differentiates `layer_norm` and `softmax` through their default,
+//! composed forms: nine operations for a LayerNorm and five for a softmax, each recorded in the
+//! graph with its own backward step, where PyTorch records one. In training that op count, not
+//! the arithmetic, is what costs (every operation is a pass over memory and, on libtorch, a
+//! parallel region). Here each is one node of the autodiff graph:
+//!
+//! - forward: the backend's own fused `layer_norm` / `softmax`;
+//! - backward: one pass over the rows on the CPU backends (flex, ndarray), libtorch's own
+//!   kernels on tch, and a short composed form elsewhere (wgpu).
+//!
+//! The routing is Burn's backend-extension machinery. It covers the backends this crate is
+//! built with (its features `flex`, `ndarray`, `tch`, `wgpu`); on any other device, and for
+//! tensors that are not `f32`, [`layer_norm`] and [`softmax`] use Burn's composed operations, so
+//! the result never depends on how the crate was built, only the speed.
+// ndarray and tch are deprecated upstream; this project still supports both.
+#![allow(deprecated)]
+
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{
+    Autodiff, Backend, Dispatch, DispatchDevice, TensorMetadata, backend_extension,
+};
+use burn::tensor::{DType, Device, Tensor};
+
+use backward::{
+    composed_layer_norm_backward, composed_softmax_backward, host_layer_norm_backward,
+    host_softmax_backward,
+};
+
+mod backward;
+#[cfg(feature = "tch")]
+mod libtorch;
+
+/// The fused operations, for every backend this crate routes to.
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    NdArray: cfg(feature = "ndarray"),
+    LibTorch: cfg(feature = "tch"),
+    Cube: cfg(feature = "wgpu"),
+    Autodiff,
+)]
+pub trait FusedOps: Backend {
+    /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + epsilon) * gamma + beta`.
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        Self::layer_norm(x, gamma, Some(beta), epsilon)
+    }
+
+    /// Softmax along the last dimension.
+    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let last = x.shape().num_dims() - 1;
+        Self::softmax(x, last)
+    }
+
+    /// The gradients of [`FusedOps::fused_layer_norm`] for `x`, `gamma` and `beta`, given the
+    /// gradient of its output.
+    fn layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        host_layer_norm_backward::<Self>(x.clone(), gamma.clone(), grad.clone(), epsilon)
+            .unwrap_or_else(|| composed_layer_norm_backward::<Self>(x, gamma, grad, epsilon))
+    }
+
+    /// The gradient of [`FusedOps::fused_softmax`] for its input, from its output and the
+    /// gradient of its output.
+    fn softmax_backward(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        host_softmax_backward::<Self>(output.clone(), grad.clone())
+            .unwrap_or_else(|| composed_softmax_backward::<Self>(output, grad))
+    }
+}
+
+/// LayerNorm over the last dimension: one operation (forward and backward) where the backend
+/// supports it, Burn's composed `layer_norm` elsewhere.
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> Tensor<D> {
+    if routed(&x) {
+        Tensor::from_dispatch(<Dispatch as FusedOps>::fused_layer_norm(
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            beta.into_dispatch(),
+            epsilon,
+        ))
+    } else {
+        burn::tensor::module::layer_norm(x, gamma, Some(beta), epsilon)
+    }
+}
+
+/// Softmax along the last dimension: one operation (forward and backward) where the backend
+/// supports it, Burn's composed `softmax` elsewhere.
+pub fn softmax<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if routed(&x) {
+        Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax(x.into_dispatch()))
+    } else {
+        burn::tensor::activation::softmax(x, D - 1)
+    }
+}
+
+/// Whether `x` lives on a backend the extension is built for, in `f32`.
+fn routed<const D: usize>(x: &Tensor<D>) -> bool {
+    x.dtype() == DType::F32 && supports(&x.device())
+}
+
+/// Whether this build of the crate runs [`layer_norm`] and [`softmax`] as fused operations on
+/// `device` (with or without autodiff).
+pub fn supports(device: &Device) -> bool {
+    #[allow(unreachable_patterns)] // every variant is listed when every backend is built in
+    match device.as_dispatch().clone().inner() {
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => true,
+        #[cfg(feature = "ndarray")]
+        DispatchDevice::NdArray(_) => true,
+        #[cfg(feature = "tch")]
+        DispatchDevice::LibTorch(_) => true,
+        #[cfg(feature = "wgpu")]
+        DispatchDevice::Cube(_) => true,
+        _ => false,
+    }
+}
+
+impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LayerNormBackward;
+
+        impl<B: FusedOps> Backward<B, 3> for LayerNormBackward {
+            /// The input, gamma and epsilon.
+            type State = (NodeId, NodeId, f64);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let [x_node, gamma_node, beta_node] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x_state, gamma_state, epsilon) = ops.state;
+                let x = checkpointer.retrieve_node_output(x_state);
+                let gamma = checkpointer.retrieve_node_output(gamma_state);
+                let (grad_x, grad_gamma, grad_beta) =
+                    B::layer_norm_backward(x, gamma, grad, epsilon);
+                let registered = [
+                    (x_node, grad_x),
+                    (gamma_node, grad_gamma),
+                    (beta_node, grad_beta),
+                ];
+                for (node, grad) in registered {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        match LayerNormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), epsilon);
+                let output = B::fused_layer_norm(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                prep.finish(state, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                epsilon,
+            )),
+        }
+    }
+
+    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct SoftmaxBackward;
+
+        impl<B: FusedOps> Backward<B, 1> for SoftmaxBackward {
+            /// The output of the forward pass.
+            type State = FloatTensor<B>;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [x_node] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                if let Some(node) = x_node {
+                    grads.register::<B>(node.id, B::softmax_backward(ops.state, grad));
+                }
+            }
+        }
+
+        match SoftmaxBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let output = B::fused_softmax(x.into_primitive());
+                prep.finish(output.clone(), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_softmax(x.into_primitive())),
+        }
+    }
+}
+
+#[cfg(feature = "flex")]
+impl FusedOps for burn::backend::Flex {}
+
+#[cfg(feature = "ndarray")]
+impl FusedOps for burn::backend::NdArray {}
+
+#[cfg(feature = "wgpu")]
+impl FusedOps for burn::backend::Cube {
+    fn layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // Reading the tensors back to the host would cost more than the operations it saves.
+        composed_layer_norm_backward::<Self>(x, gamma, grad, epsilon)
+    }
+
+    fn softmax_backward(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed_softmax_backward::<Self>(output, grad)
+    }
+}
