@@ -8,7 +8,8 @@
 //! - `reference <check|train|fixture> [args…]`: the PyTorch reference, with the venv's Python
 //! - `setup [--backend B]…`: install what wgpu (a Vulkan driver) and tch (libtorch) need
 //! - `test [--backend B]… [cargo test args…]`: the workspace's tests, with every backend
-//! - `bench [--backend B]… [--out FILE]`: speed and peak memory per backend beside PyTorch eager
+//! - `bench [--backend B]… [--rounds N] [--out FILE]`: speed and peak memory per backend beside
+//!   PyTorch eager, in interleaved rounds
 //! - `bench --criterion [criterion args…]`: the data pipeline against a training step (flex)
 //!
 //! Each trainer command builds and runs the trainer with exactly one backend's cargo feature,
@@ -177,7 +178,7 @@ fn usage() -> String {
          cargo xtask setup [--backend B]…\n       \
          cargo xtask test [--backend B]… [cargo test args…]\n       \
          cargo xtask reference <check|train|fixture> [args…]\n       \
-         cargo xtask bench [--backend B]… [--out FILE] | bench --criterion [args…]\n\
+         cargo xtask bench [--backend B]… [--rounds N] [--out FILE] | bench --criterion [args…]\n\
          (default backend: {DEFAULT_BACKEND}; `cargo xtask train --help` lists the trainer's arguments)",
         TRAINER_COMMANDS.join("|"),
         BACKENDS.join("|"),

@@ -209,7 +209,7 @@ fn self_attention(
     let weight = Tensor::cat(
         projections
             .iter()
-            .map(|(linear, factor)| linear.weight.val().mul_scalar(*factor))
+            .map(|(linear, factor)| scaled(linear.weight.val(), *factor))
             .collect(),
         1,
     ); // [dim, 3 * dim]
@@ -220,7 +220,7 @@ fn self_attention(
             let biases = projections
                 .iter()
                 .map(|(linear, factor)| match &linear.bias {
-                    Some(bias) => bias.val().mul_scalar(*factor),
+                    Some(bias) => scaled(bias.val(), *factor),
                     None => Tensor::zeros([dim], &x.device()),
                 });
             Tensor::cat(biases.collect(), 0)
@@ -239,6 +239,15 @@ fn self_attention(
         .swap_dims(1, 2)
         .reshape([batch * kept, dim]);
     attention.output.forward(context)
+}
+
+/// `tensor · factor`, with no operation (and no backward step) for a factor of 1.
+fn scaled<const D: usize>(tensor: Tensor<D>, factor: f32) -> Tensor<D> {
+    if factor == 1.0 {
+        tensor
+    } else {
+        tensor.mul_scalar(factor)
+    }
 }
 
 impl MlpHead {

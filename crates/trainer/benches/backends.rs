@@ -5,6 +5,9 @@
 //! Each backend runs in a child process of its own, so its peak RSS is its own. Measured:
 //! training images/s at batch 100 (Adam, cross-entropy; steady state, warm-up steps excluded),
 //! inference latency p50/p99 at batch 1, inference images/s at batch 1000, peak RSS.
+//! `--rounds N` (default 3) measures everything N times, interleaved; each row is the round with
+//! that backend's median training figure, and the ratio to PyTorch is the median of the
+//! per-round ratios.
 //!
 //! `--phases <backend> [steps]` is the profiling mode: it only trains, and prints the median time
 //! of the forward pass with the loss, the backward pass and the optimiser step. Run it under
@@ -24,7 +27,7 @@ const TRAIN_BATCH: usize = 100;
 const LARGE_BATCH: usize = 1000;
 
 /// One backend's figures.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Figures {
     backend: String,
     train_images_per_s: f64,
@@ -77,25 +80,38 @@ fn main() {
         return;
     }
     let options = Options::parse(&args);
-    let mut rows = Vec::new();
-    for backend in &options.backends {
-        eprintln!("measuring {backend} …");
-        match child(backend) {
-            Ok(figures) => rows.push(figures),
-            Err(message) => {
-                eprintln!("error: {backend}: {message}");
-                std::process::exit(1);
+    // Sittings on a shared machine differ by tens of per cent, and a backend measured a minute
+    // after PyTorch may see another machine: rounds interleave the backends and PyTorch, and
+    // each ratio compares figures from the same round.
+    let mut rounds = Vec::new();
+    for round in 1..=options.rounds {
+        let mut backends = Vec::new();
+        for backend in &options.backends {
+            eprintln!("round {round}/{}: measuring {backend} …", options.rounds);
+            match child(backend) {
+                Ok(figures) => backends.push(figures),
+                Err(message) => {
+                    eprintln!("error: {backend}: {message}");
+                    std::process::exit(1);
+                }
             }
         }
+        let pytorch_eager = options.python.as_ref().map(|python| {
+            eprintln!(
+                "round {round}/{}: measuring PyTorch eager …",
+                options.rounds
+            );
+            pytorch(python).unwrap_or_else(|message| {
+                eprintln!("error: PyTorch: {message}");
+                std::process::exit(1);
+            })
+        });
+        rounds.push(Round {
+            backends,
+            pytorch_eager,
+        });
     }
-    let torch = options.python.as_ref().map(|python| {
-        eprintln!("measuring PyTorch eager …");
-        pytorch(python).unwrap_or_else(|message| {
-            eprintln!("error: PyTorch: {message}");
-            std::process::exit(1);
-        })
-    });
-    let report = Report::new(rows, torch);
+    let report = Report::new(rounds);
     println!("{}", report.table());
     if let Err(message) = report.save(&options.out) {
         eprintln!("error: {message}");
@@ -106,18 +122,34 @@ fn main() {
 
 struct Options {
     backends: Vec<String>,
+    rounds: usize,
     python: Option<String>,
     out: std::path::PathBuf,
 }
+
+/// Rounds when `--rounds` is not given.
+const DEFAULT_ROUNDS: usize = 3;
 
 impl Options {
     fn parse(args: &[String]) -> Self {
         let mut backends = Vec::new();
         let mut out = None;
+        let mut rounds = DEFAULT_ROUNDS;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--backend" => backends.extend(args.next().cloned()),
+                "--rounds" => {
+                    let value = args.next().map(String::as_str).unwrap_or_default();
+                    rounds = value
+                        .parse()
+                        .ok()
+                        .filter(|&rounds| rounds > 0)
+                        .unwrap_or_else(|| {
+                            eprintln!("error: --rounds `{value}` is not a positive whole number");
+                            std::process::exit(1);
+                        });
+                }
                 "--out" => out = args.next().map(Into::into),
                 _ => {} // `--bench` and whatever else cargo adds
             }
@@ -130,6 +162,7 @@ impl Options {
             .map_or(0, |elapsed| elapsed.as_secs());
         Self {
             backends,
+            rounds,
             python: std::env::var("VIT_BENCH_PYTHON").ok(),
             out: out.unwrap_or_else(|| {
                 let artifacts = concat!(env!("CARGO_MANIFEST_DIR"), "/../../artifacts");
@@ -349,6 +382,14 @@ fn time(plan: &Plan, mut run: impl FnMut()) -> Vec<f64> {
     seconds
 }
 
+/// The figures of the round with the median training images/s (the lower middle for an even
+/// count), so that each row's figures come from one measurement.
+fn median_round<'a>(rounds: impl Iterator<Item = &'a Figures>) -> Figures {
+    let mut rounds: Vec<&Figures> = rounds.collect();
+    rounds.sort_by(|a, b| a.train_images_per_s.total_cmp(&b.train_images_per_s));
+    rounds[(rounds.len() - 1) / 2].clone()
+}
+
 /// The `p`-th percentile (nearest rank) of `values`.
 fn percentile(values: &[f64], p: f64) -> f64 {
     let mut sorted = values.to_vec();
@@ -374,29 +415,76 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// Every backend's figures and PyTorch's, measured one after the other.
+#[derive(Serialize)]
+struct Round {
+    backends: Vec<Figures>,
+    pytorch_eager: Option<Figures>,
+}
+
+/// A backend's training images/s relative to PyTorch eager's in the same round.
+#[derive(Serialize)]
+struct Ratio {
+    backend: String,
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
 #[derive(Serialize)]
 struct Report {
     machine: String,
     cores: usize,
     model: &'static str,
+    /// For each backend (and PyTorch), the round with its median training images/s.
     backends: Vec<Figures>,
     pytorch_eager: Option<Figures>,
+    train_vs_pytorch: Vec<Ratio>,
+    rounds: Vec<Round>,
 }
 
 impl Report {
-    fn new(backends: Vec<Figures>, pytorch_eager: Option<Figures>) -> Self {
+    fn new(rounds: Vec<Round>) -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let machine = cpuinfo
             .lines()
             .find_map(|line| line.strip_prefix("model name"))
             .map(|name| name.trim_start_matches([' ', '\t', ':']).to_string())
             .unwrap_or_else(|| "unknown CPU".into());
+        let count = rounds.first().map_or(0, |round| round.backends.len());
+        let backends = (0..count)
+            .map(|index| median_round(rounds.iter().map(|round| &round.backends[index])))
+            .collect();
+        let pytorch_eager = rounds
+            .iter()
+            .map(|round| round.pytorch_eager.as_ref())
+            .collect::<Option<Vec<_>>>()
+            .map(|torch| median_round(torch.into_iter()));
+        let train_vs_pytorch = (0..count)
+            .filter_map(|index| {
+                let ratios: Vec<f64> = rounds
+                    .iter()
+                    .map(|round| {
+                        let torch = round.pytorch_eager.as_ref()?;
+                        Some(round.backends[index].train_images_per_s / torch.train_images_per_s)
+                    })
+                    .collect::<Option<_>>()?;
+                Some(Ratio {
+                    backend: rounds[0].backends[index].backend.clone(),
+                    median: percentile(&ratios, 50.0),
+                    min: percentile(&ratios, 0.0),
+                    max: percentile(&ratios, 100.0),
+                })
+            })
+            .collect();
         Self {
             machine,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
             model: "tutorial ViT (213,642 parameters), 28x28 inputs",
             backends,
             pytorch_eager,
+            train_vs_pytorch,
+            rounds,
         }
     }
 
@@ -404,7 +492,7 @@ impl Report {
         let mut lines = vec![
             format!("{} ({} cores)", self.machine, self.cores),
             format!(
-                "| {:<13} | {:>14} | {:>9} | {:>9} | {:>15} | {:>9} | {:>10} |",
+                "| {:<13} | {:>14} | {:>9} | {:>9} | {:>15} | {:>9} | {:>18} |",
                 "backend",
                 "train img/s",
                 "p50 ms",
@@ -414,17 +502,26 @@ impl Report {
                 "vs PyTorch"
             ),
             format!(
-                "|{0:-<15}|{0:-<16}|{0:-<11}|{0:-<11}|{0:-<17}|{0:-<11}|{0:-<12}|",
+                "|{0:-<15}|{0:-<16}|{0:-<11}|{0:-<11}|{0:-<17}|{0:-<11}|{0:-<20}|",
                 ""
             ),
         ];
         let torch = self.pytorch_eager.as_ref();
         for row in self.backends.iter().chain(torch) {
-            let ratio = torch.map_or("—".to_string(), |torch| {
-                format!("{:.2}×", row.train_images_per_s / torch.train_images_per_s)
-            });
+            let ratio = match self
+                .train_vs_pytorch
+                .iter()
+                .find(|r| r.backend == row.backend)
+            {
+                Some(r) if r.min < r.max => {
+                    format!("{:.2}× ({:.2}–{:.2})", r.median, r.min, r.max)
+                }
+                Some(r) => format!("{:.2}×", r.median),
+                None if torch.is_some_and(|torch| std::ptr::eq(torch, row)) => "1.00×".into(),
+                None => "—".into(),
+            };
             lines.push(format!(
-                "| {:<13} | {:>14.0} | {:>9.2} | {:>9.2} | {:>15.0} | {:>9.0} | {:>10} |",
+                "| {:<13} | {:>14.0} | {:>9.2} | {:>9.2} | {:>15.0} | {:>9.0} | {:>18} |",
                 row.backend,
                 row.train_images_per_s,
                 row.latency_p50_ms,
@@ -434,7 +531,11 @@ impl Report {
                 ratio
             ));
         }
-        lines.push("(vs PyTorch: training images/s relative to PyTorch eager)".into());
+        lines.push(format!(
+            "(median of {} rounds; vs PyTorch: training images/s relative to PyTorch eager in the \
+             same round, median (range))",
+            self.rounds.len()
+        ));
         lines.join("\n")
     }
 
