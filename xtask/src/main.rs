@@ -113,7 +113,9 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
     {
         let packages = ["--package", "vit-data", "--package", "vit-model"];
         let mut cargo = cargo(&["bench", "--profile", "dev", "--benches"]);
-        cargo.args(packages).arg("--").args(criterion_args);
+        // The training step as the trainer runs it: with flex's fused LayerNorm and softmax.
+        cargo.args(packages).args(["--features", "vit-model/flex"]);
+        cargo.arg("--").args(criterion_args);
         return exit_code(&mut cargo);
     }
     let (backends, rest) = take_backends(args)?;
