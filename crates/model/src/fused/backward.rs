@@ -60,28 +60,27 @@ pub(super) fn composed_softmax_backward<B: Backend>(
 /// Rows handed to one task of the host kernels: enough work to outweigh a task's cost.
 const ROWS_PER_TASK: usize = 64;
 
-/// LayerNorm's backward pass in one sweep over the rows, on the host. `None` for tensors that
-/// are not `f32`.
+/// Whether every tensor holds `f32`, the one type the host kernels read.
+pub(super) fn all_f32<B: Backend>(tensors: &[&FloatTensor<B>]) -> bool {
+    tensors.iter().all(|tensor| tensor.dtype() == DType::F32)
+}
+
+/// LayerNorm's backward pass in one sweep over the rows, on the host, for `f32` tensors.
+/// The tensors are taken by value, so that a backend holding the only reference hands over its
+/// buffer instead of a copy.
 pub(super) fn host_layer_norm_backward<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     grad: FloatTensor<B>,
     epsilon: f64,
-) -> Option<(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>)> {
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     use rayon::prelude::*;
 
-    if [&x, &gamma, &grad].iter().any(|t| t.dtype() != DType::F32) {
-        return None;
-    }
     let device = x.device();
     let shape = x.shape();
     let features = shape[shape.num_dims() - 1];
     let (x, gamma, grad) = (host::<B>(x), host::<B>(gamma), host::<B>(grad));
-    let (x, gamma, grad) = (
-        x.as_slice::<f32>().ok()?,
-        gamma.as_slice::<f32>().ok()?,
-        grad.as_slice::<f32>().ok()?,
-    );
+    let (x, gamma, grad) = (f32s(&x), f32s(&gamma), f32s(&grad));
     let epsilon = epsilon as f32;
     let mut grad_x = vec![0.0f32; x.len()];
     let chunk = ROWS_PER_TASK * features;
@@ -106,11 +105,11 @@ pub(super) fn host_layer_norm_backward<B: Backend>(
                 (gamma, beta)
             },
         );
-    Some((
+    (
         B::float_from_data(TensorData::new(grad_x, shape), &device),
         B::float_from_data(TensorData::new(grad_gamma, [features]), &device),
         B::float_from_data(TensorData::new(grad_beta, [features]), &device),
-    ))
+    )
 }
 
 /// One row of LayerNorm's backward pass; adds the row's share of the gamma and beta gradients
@@ -146,22 +145,19 @@ fn layer_norm_row_backward(
     }
 }
 
-/// Softmax's backward pass along the last dimension in one sweep, on the host. `None` for
-/// tensors that are not `f32`.
+/// Softmax's backward pass along the last dimension in one sweep, on the host, for `f32`
+/// tensors.
 pub(super) fn host_softmax_backward<B: Backend>(
     output: FloatTensor<B>,
     grad: FloatTensor<B>,
-) -> Option<FloatTensor<B>> {
+) -> FloatTensor<B> {
     use rayon::prelude::*;
 
-    if output.dtype() != DType::F32 || grad.dtype() != DType::F32 {
-        return None;
-    }
     let device = output.device();
     let shape = output.shape();
     let features = shape[shape.num_dims() - 1];
     let (output, grad) = (host::<B>(output), host::<B>(grad));
-    let (output, grad) = (output.as_slice::<f32>().ok()?, grad.as_slice::<f32>().ok()?);
+    let (output, grad) = (f32s(&output), f32s(&grad));
     let mut grad_x = vec![0.0f32; output.len()];
     let chunk = ROWS_PER_TASK * features;
     grad_x
@@ -178,12 +174,17 @@ pub(super) fn host_softmax_backward<B: Backend>(
                 }
             }
         });
-    Some(B::float_from_data(TensorData::new(grad_x, shape), &device))
+    B::float_from_data(TensorData::new(grad_x, shape), &device)
 }
 
 /// A tensor's values on the host, in row-major order.
 fn host<B: Backend>(tensor: FloatTensor<B>) -> TensorData {
     read_sync(B::float_into_data(tensor)).expect("a CPU backend's tensor is readable")
+}
+
+fn f32s(data: &TensorData) -> &[f32] {
+    data.as_slice::<f32>()
+        .expect("the callers send f32 tensors only")
 }
 
 fn add_into(sum: &mut [f32], other: &[f32]) {

@@ -29,7 +29,7 @@ use burn::backend::{
 use burn::tensor::{DType, Device, Tensor};
 
 use backward::{
-    composed_layer_norm_backward, composed_softmax_backward, host_layer_norm_backward,
+    all_f32, composed_layer_norm_backward, composed_softmax_backward, host_layer_norm_backward,
     host_softmax_backward,
 };
 
@@ -70,15 +70,21 @@ pub trait FusedOps: Backend {
         grad: FloatTensor<Self>,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        host_layer_norm_backward::<Self>(x.clone(), gamma.clone(), grad.clone(), epsilon)
-            .unwrap_or_else(|| composed_layer_norm_backward::<Self>(x, gamma, grad, epsilon))
+        if all_f32::<Self>(&[&x, &gamma, &grad]) {
+            host_layer_norm_backward::<Self>(x, gamma, grad, epsilon)
+        } else {
+            composed_layer_norm_backward::<Self>(x, gamma, grad, epsilon)
+        }
     }
 
     /// The gradient of [`FusedOps::fused_softmax`] for its input, from its output and the
     /// gradient of its output.
     fn softmax_backward(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        host_softmax_backward::<Self>(output.clone(), grad.clone())
-            .unwrap_or_else(|| composed_softmax_backward::<Self>(output, grad))
+        if all_f32::<Self>(&[&output, &grad]) {
+            host_softmax_backward::<Self>(output, grad)
+        } else {
+            composed_softmax_backward::<Self>(output, grad)
+        }
     }
 }
 
