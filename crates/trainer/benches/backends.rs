@@ -17,11 +17,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
 use vit_model::{Vit, VitConfig};
+use vit_trainer::optim::{AdamSettings, FusedAdam, WeightDecay};
 
 const TRAIN_BATCH: usize = 100;
 const LARGE_BATCH: usize = 1000;
@@ -307,7 +308,13 @@ impl TrainingStep {
                     .init(&device)
                     .expect("tutorial config is valid"),
             ),
-            optimiser: AdamConfig::new().with_epsilon(1e-8).init(),
+            // The trainer's Adam, with PyTorch's defaults.
+            optimiser: ModuleOptimizer::from(FusedAdam::new(AdamSettings {
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-8,
+                weight_decay: WeightDecay::None,
+            })),
             images,
             targets: Tensor::from_data(TensorData::new(labels, [TRAIN_BATCH]), &device),
             loss_fn: CrossEntropyLossConfig::new().init(&device),

@@ -5,17 +5,17 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use burn::grad_clipping::GradientClippingConfig;
-use burn::optim::decay::WeightDecayConfig;
+use burn::optim::ModuleOptimizer;
 use burn::optim::lr_scheduler::LrSchedulerConfig;
 use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
 use burn::optim::lr_scheduler::linear::LinearLrSchedulerConfig;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::optim::lr_scheduler::sequential::SequentialLrSchedulerConfig;
-use burn::optim::{AdamConfig, AdamWConfig, ModuleOptimizer};
 use serde::{Deserialize, Serialize};
 use vit_data::DataConfig;
 use vit_data::augment::AugmentConfig;
 use vit_model::VitConfig;
+use vit_trainer::optim::{AdamSettings, FusedAdam, WeightDecay};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,24 +167,20 @@ impl TrainingConfig {
 
     pub fn optimizer(&self) -> ModuleOptimizer {
         let o = &self.optimizer;
-        let clipping = o.grad_clip_norm.map(GradientClippingConfig::Norm);
-        match o.kind {
-            OptimizerKind::Adam => AdamConfig::new()
-                .with_beta_1(o.beta_1)
-                .with_beta_2(o.beta_2)
-                .with_epsilon(o.epsilon)
-                .with_weight_decay(
-                    (o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay)),
-                )
-                .with_grad_clipping(clipping)
-                .init(),
-            OptimizerKind::AdamW => AdamWConfig::new()
-                .with_beta_1(o.beta_1)
-                .with_beta_2(o.beta_2)
-                .with_epsilon(o.epsilon)
-                .with_weight_decay(o.weight_decay)
-                .with_grad_clipping(clipping)
-                .init(),
+        let weight_decay = match o.kind {
+            _ if o.weight_decay == 0.0 => WeightDecay::None,
+            OptimizerKind::Adam => WeightDecay::L2(o.weight_decay),
+            OptimizerKind::AdamW => WeightDecay::Decoupled(o.weight_decay),
+        };
+        let optimizer = ModuleOptimizer::from(FusedAdam::new(AdamSettings {
+            beta_1: o.beta_1,
+            beta_2: o.beta_2,
+            epsilon: o.epsilon,
+            weight_decay,
+        }));
+        match o.grad_clip_norm {
+            Some(norm) => optimizer.with_grad_clipping(GradientClippingConfig::Norm(norm).init()),
+            None => optimizer,
         }
     }
 

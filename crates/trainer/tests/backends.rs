@@ -6,11 +6,14 @@
 
 use std::path::Path;
 
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use vit_model::Vit;
 use vit_model::artifact::{self, CONFIG_FILE, PROBE_FILE, SAFETENSORS_FILE};
 use vit_model::portable::{PROBE_TOLERANCE, Probe, import_safetensors};
+use vit_trainer::optim::{self, AdamSettings, FusedAdam, WeightDecay};
 
 /// Logits may differ this much between backends (float32, different kernels and summation
 /// orders); the same bound as between PyTorch and Burn.
@@ -163,8 +166,7 @@ fn assert_close(what: &str, fused: &[Vec<f32>], composed: &[Vec<f32>]) {
             .fold(1.0f32, |max, value| max.max(value.abs()));
         assert!(
             diff <= FUSED_TOLERANCE * scale,
-            "{what}, result {index} (0: output, then each input's gradient): differs by {diff:e} \
-             at values up to {scale}"
+            "{what}, result {index}: differs by {diff:e} at values up to {scale}"
         );
     }
 }
@@ -202,7 +204,8 @@ fn fused_operations_match_burns_composed_ones_on_every_backend() {
                 1e-5,
             )
         });
-        assert_close(&format!("layer norm on {name}"), &fused, &composed);
+        let what = format!("layer norm on {name} (results: output, then each input's gradient)");
+        assert_close(&what, &fused, &composed);
 
         let scores = wavy([3, 2, 17, 17], 4.0, &device).mul_scalar(3.0);
         let weights = wavy([3, 2, 17, 17], 5.0, &device);
@@ -212,7 +215,103 @@ fn fused_operations_match_burns_composed_ones_on_every_backend() {
         let composed = values_and_gradients(&[scores], &weights, |[x]| {
             burn::tensor::activation::softmax(x.clone(), 3)
         });
-        assert_close(&format!("softmax on {name}"), &fused, &composed);
+        let what = format!("softmax on {name} (results: output, then the input's gradient)");
+        assert_close(&what, &fused, &composed);
         println!("{name}: fused LayerNorm and softmax agree with Burn's");
+    }
+}
+
+/// A small module for optimiser checks: its weight and bias are parameters of rank 2 and 1.
+fn linear_with_gradients(model: &Linear, device: &Device, phase: f32) -> GradientsParams {
+    let input = wavy([5, 7], phase, device);
+    let loss = model.forward(input).powf_scalar(2.0).sum();
+    GradientsParams::from_grads(loss.backward(), model)
+}
+
+fn parameters(model: &Linear) -> Vec<Vec<f32>> {
+    let bias = model.bias.as_ref().expect("the linear layer has a bias");
+    vec![floats(model.weight.val()), floats(bias.val())]
+}
+
+/// The trainer's Adam gives Burn's Adam's and AdamW's parameters over three steps on every
+/// backend, and picks up Burn's optimiser state from a record, as `train --resume` does with a
+/// checkpoint of an older run.
+#[test]
+#[allow(deprecated)] // Device::libtorch: tch is deprecated upstream; this project still supports it.
+fn trainer_adam_matches_burns_on_every_backend() {
+    #[cfg(feature = "tch")]
+    assert!(
+        optim::fused_on(&Device::libtorch()),
+        "tch: the fused update is built in"
+    );
+    let decays = [
+        WeightDecay::None,
+        WeightDecay::L2(0.1),
+        WeightDecay::Decoupled(0.1),
+    ];
+    for (name, device) in backends() {
+        let device = device.autodiff();
+        for weight_decay in decays {
+            let settings = AdamSettings {
+                beta_1: 0.9,
+                beta_2: 0.99,
+                epsilon: 1e-8,
+                weight_decay,
+            };
+            let mut burns = match weight_decay {
+                WeightDecay::Decoupled(rate) => AdamWConfig::new()
+                    .with_beta_2(0.99)
+                    .with_epsilon(1e-8)
+                    .with_weight_decay(rate)
+                    .init(),
+                WeightDecay::L2(rate) => AdamConfig::new()
+                    .with_beta_2(0.99)
+                    .with_epsilon(1e-8)
+                    .with_weight_decay(Some(WeightDecayConfig::new(rate)))
+                    .init(),
+                WeightDecay::None => AdamConfig::new()
+                    .with_beta_2(0.99)
+                    .with_epsilon(1e-8)
+                    .init(),
+            };
+            let mut ours = ModuleOptimizer::from(FusedAdam::new(settings));
+            let mut resumed = ModuleOptimizer::from(FusedAdam::new(settings));
+            let start = LinearConfig::new(7, 3).init(&device);
+            let initial = parameters(&start);
+            let (mut by_burn, mut by_us, mut by_resumed) = (start.clone(), start.clone(), start);
+            for step in 0..3 {
+                let phase = step as f32;
+                if step == 2 {
+                    resumed = resumed.load_record(burns.to_record());
+                    by_resumed = by_burn.clone();
+                }
+                let grads = linear_with_gradients(&by_burn, &device, phase);
+                by_burn = burns.step(1e-2, by_burn, grads);
+                let grads = linear_with_gradients(&by_us, &device, phase);
+                by_us = ours.step(1e-2, by_us, grads);
+                if step == 2 {
+                    let grads = linear_with_gradients(&by_resumed, &device, phase);
+                    by_resumed = resumed.step(1e-2, by_resumed, grads);
+                }
+            }
+            let expected = parameters(&by_burn);
+            assert_close(
+                &format!("Adam with {weight_decay:?} on {name} (results: weight, bias)"),
+                &parameters(&by_us),
+                &expected,
+            );
+            assert_close(
+                &format!("Adam with {weight_decay:?} on {name}, resumed from Burn's record"),
+                &parameters(&by_resumed),
+                &expected,
+            );
+            // Three steps at lr 1e-2 move the weights far more than the tolerance.
+            let moved = max_abs_diff(&parameters(&by_us)[0], &initial[0]);
+            assert!(
+                moved > 1e-2,
+                "Adam with {weight_decay:?} on {name}: moved {moved}"
+            );
+        }
+        println!("{name}: the trainer's Adam agrees with Burn's");
     }
 }
