@@ -31,6 +31,8 @@ pub enum WeightDecay {
 /// Adam or AdamW (see [`WeightDecay`]), with the same results as Burn's.
 #[derive(Clone)]
 pub struct FusedAdam {
+    /// What the fused update runs with; builds without a fused backend only use `fallback`.
+    #[cfg_attr(not(feature = "tch"), allow(dead_code))]
     settings: AdamSettings,
     /// Burn's optimizer with the same settings, for devices without the fused update.
     fallback: Fallback,
@@ -96,11 +98,12 @@ impl FusedAdam {
 /// operations.
 pub fn fused_on(device: &Device) -> bool {
     #[cfg(feature = "tch")]
-    if libtorch::runs_on(device) {
-        return true;
+    return libtorch::runs_on(device);
+    #[cfg(not(feature = "tch"))]
+    {
+        let _ = device;
+        false
     }
-    let _ = device;
-    false
 }
 
 impl Optimizer for FusedAdam {
@@ -114,24 +117,8 @@ impl Optimizer for FusedAdam {
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         #[cfg(feature = "tch")]
-        if libtorch::runs_on(&tensor.device()) && tensor.dtype() == burn::tensor::DType::F32 {
-            let (time, moment_1, moment_2) = match state {
-                Some(state) => (
-                    state.momentum.time + 1,
-                    state.momentum.moment_1,
-                    state.momentum.moment_2,
-                ),
-                None => (1, grad.zeros_like(), grad.zeros_like()),
-            };
-            let step = AdamStep {
-                settings: self.settings,
-                lr,
-                time,
-            };
-            let (tensor, moment_1, moment_2) =
-                libtorch::update(tensor, grad, moment_1, moment_2, step);
-            let momentum = burn::optim::AdaptiveMomentumState::new(time, moment_1, moment_2);
-            return (tensor, Some(AdamState::new(momentum)));
+        if fused_on(&tensor.device()) && tensor.dtype() == burn::tensor::DType::F32 {
+            return self.fused_step(lr, tensor, grad, state);
         }
         match &self.fallback {
             Fallback::Adam(adam) => adam.step(lr, tensor, grad, state),
@@ -146,6 +133,32 @@ impl Optimizer for FusedAdam {
     fn to_device<const D: usize>(mut state: Self::State<D>, device: &Device) -> Self::State<D> {
         state.momentum = state.momentum.to_device(device);
         state
+    }
+}
+
+impl FusedAdam {
+    #[cfg(feature = "tch")]
+    fn fused_step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<AdamState<D>>,
+    ) -> (Tensor<D>, Option<AdamState<D>>) {
+        let (time, moment_1, moment_2) = match state {
+            Some(AdamState { momentum }) => {
+                (momentum.time + 1, momentum.moment_1, momentum.moment_2)
+            }
+            None => (1, grad.zeros_like(), grad.zeros_like()),
+        };
+        let step = AdamStep {
+            settings: self.settings,
+            lr,
+            time,
+        };
+        let (tensor, moment_1, moment_2) = libtorch::update(tensor, grad, moment_1, moment_2, step);
+        let momentum = burn::optim::AdaptiveMomentumState::new(time, moment_1, moment_2);
+        (tensor, Some(AdamState::new(momentum)))
     }
 }
 
