@@ -69,24 +69,22 @@ impl FusedAdam {
             epsilon,
             weight_decay,
         } = settings;
+        let adam = |decay| {
+            let config = AdamConfig::new()
+                .with_beta_1(beta_1)
+                .with_beta_2(beta_2)
+                .with_epsilon(epsilon);
+            Fallback::Adam(config.with_weight_decay(decay).build())
+        };
         let fallback = match weight_decay {
+            WeightDecay::None => adam(None),
+            WeightDecay::L2(rate) => adam(Some(WeightDecayConfig::new(rate))),
             WeightDecay::Decoupled(rate) => Fallback::AdamW(
                 AdamWConfig::new()
                     .with_beta_1(beta_1)
                     .with_beta_2(beta_2)
                     .with_epsilon(epsilon)
                     .with_weight_decay(rate)
-                    .build(),
-            ),
-            WeightDecay::None | WeightDecay::L2(_) => Fallback::Adam(
-                AdamConfig::new()
-                    .with_beta_1(beta_1)
-                    .with_beta_2(beta_2)
-                    .with_epsilon(epsilon)
-                    .with_weight_decay(match weight_decay {
-                        WeightDecay::L2(rate) => Some(WeightDecayConfig::new(rate)),
-                        _ => None,
-                    })
                     .build(),
             ),
         };
