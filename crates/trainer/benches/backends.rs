@@ -13,6 +13,7 @@
 //! of the forward pass with the loss, the backward pass and the optimiser step. Run it under
 //! `perf record` to see which kernels each phase spends its time in.
 
+use std::ops::Range;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
 use vit_model::{Vit, VitConfig};
 use vit_trainer::optim::{AdamSettings, FusedAdam, WeightDecay};
+use vit_trainer::parallel::{sliced_gradients, step_slices};
 
 const TRAIN_BATCH: usize = 100;
 const LARGE_BATCH: usize = 1000;
@@ -248,8 +250,7 @@ fn measure(backend: &str, device: &Device) -> Figures {
     // Training: one Adam step per timed run, synchronised by reading the loss.
     let mut training = TrainingStep::new(device);
     let train = time(&plan(3, 10, 30, 60), || {
-        let loss = training.loss();
-        let gradients = training.gradients(loss.clone());
+        let (gradients, loss) = training.gradients();
         let _ = loss.into_scalar::<f32>();
         training.update(gradients);
     });
@@ -284,9 +285,11 @@ fn measure(backend: &str, device: &Device) -> Figures {
 }
 
 /// The tutorial model with Adam, a fixed batch of random images and its labels, on the
-/// autodiff version of a device.
+/// autodiff version of a device; the batch is cut into slices on threads as the trainer cuts
+/// it.
 struct TrainingStep {
     model: Option<Vit>,
+    slices: usize,
     optimiser: ModuleOptimizer,
     images: Tensor<4>,
     targets: Tensor<1, Int>,
@@ -308,6 +311,7 @@ impl TrainingStep {
                     .init(&device)
                     .expect("tutorial config is valid"),
             ),
+            slices: step_slices(&device, TRAIN_BATCH),
             // The trainer's Adam, with PyTorch's defaults.
             optimiser: ModuleOptimizer::from(FusedAdam::new(AdamSettings {
                 beta_1: 0.9,
@@ -327,13 +331,22 @@ impl TrainingStep {
             .expect("the model is back after every update")
     }
 
-    fn loss(&self) -> Tensor<1> {
-        let logits = self.model().forward(self.images.clone());
-        self.loss_fn.forward(logits, self.targets.clone())
+    /// The mean loss over the images in `range`.
+    fn loss(&self, model: &Vit, range: Range<usize>) -> Tensor<1> {
+        let logits = model.forward(self.images.clone().slice(range.clone()));
+        self.loss_fn
+            .forward(logits, self.targets.clone().slice(range))
     }
 
-    fn gradients(&self, loss: Tensor<1>) -> GradientsParams {
-        GradientsParams::from_grads(loss.backward(), self.model())
+    /// The batch's gradients and mean loss, as the trainer's step computes them.
+    fn gradients(&self) -> (GradientsParams, Tensor<1>) {
+        let (gradients, losses) =
+            sliced_gradients(self.model(), TRAIN_BATCH, self.slices, |model, range| {
+                let share = range.len() as f32 / TRAIN_BATCH as f32;
+                let loss = self.loss(model, range);
+                (loss.clone(), loss.detach().mul_scalar(share))
+            });
+        (gradients, Tensor::cat(losses, 0).sum())
     }
 
     fn update(&mut self, gradients: GradientsParams) {
@@ -352,10 +365,19 @@ fn phases(device: &Device, steps: usize) {
     let mut seconds = [Vec::new(), Vec::new(), Vec::new()];
     for step in 0..steps + 3 {
         let start = Instant::now();
-        let loss = training.loss();
-        let _ = loss.clone().into_scalar::<f32>();
-        let forward = start.elapsed();
-        let gradients = training.gradients(loss);
+        let (forward, gradients) = if training.slices == 1 {
+            let loss = training.loss(training.model(), 0..TRAIN_BATCH);
+            let _ = loss.clone().into_scalar::<f32>();
+            let forward = start.elapsed();
+            (
+                forward,
+                GradientsParams::from_grads(loss.backward(), training.model()),
+            )
+        } else {
+            // The slices' forward and backward passes overlap on their threads.
+            let (gradients, _) = training.gradients();
+            (Duration::ZERO, gradients)
+        };
         let backward = start.elapsed();
         training.update(gradients);
         let optimise = start.elapsed();
@@ -365,10 +387,16 @@ fn phases(device: &Device, steps: usize) {
             seconds[2].push((optimise - backward).as_secs_f64());
         }
     }
-    for (name, values) in ["forward + loss", "backward", "optimiser"]
-        .iter()
-        .zip(&seconds)
-    {
+    let mut rows = Vec::new();
+    if training.slices == 1 {
+        rows.push(("forward + loss".to_string(), &seconds[0]));
+        rows.push(("backward".to_string(), &seconds[1]));
+    } else {
+        let slices = training.slices;
+        rows.push((format!("both, {slices} slices"), &seconds[1]));
+    }
+    rows.push(("optimiser".to_string(), &seconds[2]));
+    for (name, values) in rows {
         println!("{name:>15}: {:7.2} ms", 1e3 * percentile(values, 50.0));
     }
 }

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use vit_data::augment::AugmentedDataset;
 use vit_data::{MnistBatch, MnistBatcher, MnistDataset, MnistItem, Split};
 use vit_model::{Vit, artifact};
+use vit_trainer::parallel;
 
 use crate::charts;
 use crate::config::TrainingConfig;
@@ -62,10 +63,44 @@ impl TrainStep for Classifier {
     type Output = ClassificationOutput;
 
     fn step(&self, batch: MnistBatch) -> TrainOutput<ClassificationOutput> {
-        let output = self.classify(batch);
+        let size = batch.targets.dims()[0];
+        let slices = parallel::step_slices(&batch.targets.device(), size);
+        let (grads, outputs) = parallel::sliced_gradients(self, size, slices, |model, range| {
+            let output = model.classify(MnistBatch {
+                images: batch.images.clone().slice(range.clone()),
+                targets: batch.targets.clone().slice(range),
+            });
+            (output.loss.clone(), output)
+        });
+        let output = whole_batch(outputs, size);
         self.guard.check(&output.loss);
-        TrainOutput::new(self, output.loss.backward(), output)
+        TrainOutput {
+            grads,
+            item: output,
+        }
     }
+}
+
+/// The metrics' view of a batch trained in slices: the slices' losses weighted by their share
+/// of the batch, their logits and targets in order. Detached: the gradients are already taken.
+fn whole_batch(outputs: Vec<ClassificationOutput>, size: usize) -> ClassificationOutput {
+    if outputs.len() == 1 {
+        return outputs.into_iter().next().expect("one output");
+    }
+    let mut losses = Vec::with_capacity(outputs.len());
+    let mut logits = Vec::with_capacity(outputs.len());
+    let mut targets = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        let share = output.targets.dims()[0] as f32 / size as f32;
+        losses.push(output.loss.detach().mul_scalar(share));
+        logits.push(output.output.detach());
+        targets.push(output.targets);
+    }
+    ClassificationOutput::new(
+        Tensor::cat(losses, 0).sum(),
+        Tensor::cat(logits, 0),
+        Tensor::cat(targets, 0),
+    )
 }
 
 impl InferenceStep for Classifier {

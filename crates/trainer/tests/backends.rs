@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+use burn::module::{ModuleVisitor, Param};
+use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
@@ -14,6 +16,7 @@ use vit_model::Vit;
 use vit_model::artifact::{self, CONFIG_FILE, PROBE_FILE, SAFETENSORS_FILE};
 use vit_model::portable::{PROBE_TOLERANCE, Probe, import_safetensors};
 use vit_trainer::optim::{self, AdamSettings, FusedAdam, WeightDecay};
+use vit_trainer::parallel;
 
 /// Logits may differ this much between backends (float32, different kernels and summation
 /// orders); the same bound as between PyTorch and Burn.
@@ -311,5 +314,76 @@ fn trainer_adam_matches_burns_on_every_backend() {
             );
         }
         println!("{name}: the trainer's Adam agrees with Burn's");
+    }
+}
+
+/// Every float parameter's gradient in `gradients`, in the module's order.
+struct GradientValues<'a> {
+    gradients: &'a GradientsParams,
+    values: Vec<Vec<f32>>,
+}
+
+impl ModuleVisitor for GradientValues<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let gradient = self
+            .gradients
+            .get::<D>(param.id)
+            .expect("every parameter has a gradient");
+        self.values.push(floats(gradient));
+    }
+}
+
+/// The training step's slices on threads give the whole batch's gradients on every backend,
+/// with the slices even or not, and the trainer slices its batches where that pays (flex and
+/// ndarray, on a machine with more than one core) and nowhere else.
+#[test]
+#[allow(deprecated)] // Device::libtorch: tch is deprecated upstream; this project still supports it.
+fn sliced_training_steps_give_the_whole_batchs_gradients_on_every_backend() {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(parallel::step_slices(&Device::flex(), 100), cores.min(6));
+    assert_eq!(
+        parallel::step_slices(&Device::ndarray().autodiff(), 100),
+        cores.min(6)
+    );
+    assert_eq!(
+        parallel::step_slices(&Device::flex(), 8),
+        1,
+        "too small to slice"
+    );
+    #[cfg(feature = "tch")]
+    assert_eq!(parallel::step_slices(&Device::libtorch(), 100), 1);
+    let batch = 7;
+    for (name, device) in backends() {
+        let device = device.autodiff();
+        let model = fixture_model("torch-small-stem", &device);
+        let images = wavy([batch, 1, 28, 28], 0.0, &device);
+        let labels: Vec<i64> = (0..batch as i64).map(|i| (3 * i) % 10).collect();
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &device);
+        let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        let gradients = |slices| {
+            let (gradients, sizes) =
+                parallel::sliced_gradients(&model, batch, slices, |model, range| {
+                    let logits = model.forward(images.clone().slice(range.clone()));
+                    let loss = loss_fn.forward(logits, targets.clone().slice(range.clone()));
+                    (loss, range.len())
+                });
+            assert_eq!(sizes.len(), slices, "{name}: one result per slice");
+            assert_eq!(sizes.iter().sum::<usize>(), batch);
+            let mut visitor = GradientValues {
+                gradients: &gradients,
+                values: Vec::new(),
+            };
+            model.visit(&mut visitor);
+            visitor.values
+        };
+        let whole = gradients(1);
+        for slices in [2, 3] {
+            assert_close(
+                &format!("{name}, {slices} slices (results: each parameter's gradient)"),
+                &gradients(slices),
+                &whole,
+            );
+        }
+        println!("{name}: sliced training steps agree with the whole batch");
     }
 }
