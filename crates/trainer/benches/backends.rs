@@ -10,7 +10,8 @@
 //! per-round ratios.
 //!
 //! `--phases <backend> [steps]` is the profiling mode: it only trains, and prints the median time
-//! of the forward pass with the loss, the backward pass and the optimiser step. Run it under
+//! of the forward pass with the loss, the backward pass and the optimiser step (forward and
+//! backward as one figure where the batch runs in slices on threads). Run it under
 //! `perf record` to see which kernels each phase spends its time in.
 
 use std::ops::Range;
