@@ -1,13 +1,9 @@
-//! Data parallelism inside one training step, for the pure-Rust CPU backends.
+//! Data parallelism inside one training step: on the CPU backends that run most operations on
+//! one thread, the batch is cut into slices that run forward and backward side by side.
 //!
-//! flex and ndarray run most element-wise operations on one thread, and their matrix products
-//! on one thread below a few million multiply-adds, so a training step of the tutorial model
-//! keeps about one core busy (`perf stat`: 1.09 CPUs on 2 cores, flex). Here the batch is cut
-//! into one slice per core; each slice runs forward and backward on a thread of its own, on a
-//! fork of the model (its own autodiff graph, so the backward passes do not wait on each
-//! other's lock), and the slices' gradients are added. Each slice's loss is weighted by its
-//! share of the batch, so the sum is the gradient of the whole batch's mean loss, up to the
-//! order of float additions: the optimiser sees the same step as without slices.
+//! Each slice runs on a fork of the model (its own autodiff graph, so that the backward passes
+//! do not queue on one graph's lock), with its loss weighted by its share of the batch: the sum
+//! of the slices' gradients is the whole batch's, up to the order of float additions.
 
 use std::ops::Range;
 
