@@ -1,0 +1,211 @@
+//! Speed and memory of the tutorial ViT on each compiled-in backend, side by side with PyTorch
+//! eager (`tools/torch_bench.py`) when a Python with torch is given. Run it as
+//! `cargo xtask bench [--backend B]…`; it prints a table and writes JSON under `artifacts/`.
+//!
+//! Each backend runs in a child process of its own, so its peak RSS is its own. Measured:
+//! training images/s at batch 100 (Adam, cross-entropy; steady state, warm-up steps excluded),
+//! inference latency p50/p99 at batch 1, inference images/s at batch 1000, peak RSS.
+//! `--rounds N` (default 3) measures everything N times, interleaved; each row is the round with
+//! that backend's median training figure, and the ratio to PyTorch is the median of the
+//! per-round ratios.
+//!
+//! `--phases <backend> [steps]` is the profiling mode: it only trains, and prints the median time
+//! of the forward pass with the loss, the backward pass and the optimiser step (forward and
+//! backward as one figure where the batch runs in slices on threads). Run it under
+//! `perf record` to see which kernels each phase spends its time in.
+
+mod measure;
+mod report;
+
+use std::process::Command;
+
+use burn::prelude::*;
+
+use measure::{Figures, measure, phases};
+use report::{Report, Round};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes `--bench`; the child mode is `--child <backend>`.
+    if let Some(position) = args.iter().position(|arg| arg == "--child") {
+        let backend = &args[position + 1];
+        let figures = measure(backend, &device(backend));
+        println!(
+            "{}",
+            serde_json::to_string(&figures).expect("figures serialise")
+        );
+        return;
+    }
+    if let Some(position) = args.iter().position(|arg| arg == "--phases") {
+        let operand = |offset| {
+            args.get(position + offset)
+                .filter(|arg: &&String| !arg.starts_with("--"))
+        };
+        let Some(backend) = operand(1) else {
+            eprintln!("error: --phases needs a backend: --phases <backend> [steps]");
+            std::process::exit(1);
+        };
+        let steps = match operand(2) {
+            None => 30,
+            Some(steps) => steps.parse().unwrap_or_else(|_| {
+                eprintln!("error: --phases steps `{steps}` is not a whole number");
+                std::process::exit(1);
+            }),
+        };
+        phases(&device(backend), steps);
+        return;
+    }
+    let options = Options::parse(&args);
+    // Sittings on a shared machine differ by tens of per cent, and a backend measured a minute
+    // after PyTorch may see another machine: rounds interleave the backends and PyTorch, and
+    // each ratio compares figures from the same round.
+    let mut rounds = Vec::new();
+    for round in 1..=options.rounds {
+        let mut backends = Vec::new();
+        for backend in &options.backends {
+            eprintln!("round {round}/{}: measuring {backend} …", options.rounds);
+            match child(backend) {
+                Ok(figures) => backends.push(figures),
+                Err(message) => {
+                    eprintln!("error: {backend}: {message}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        let pytorch_eager = options.python.as_ref().map(|python| {
+            eprintln!(
+                "round {round}/{}: measuring PyTorch eager …",
+                options.rounds
+            );
+            pytorch(python).unwrap_or_else(|message| {
+                eprintln!("error: PyTorch: {message}");
+                std::process::exit(1);
+            })
+        });
+        rounds.push(Round {
+            backends,
+            pytorch_eager,
+        });
+    }
+    let report = Report::new(rounds);
+    println!("{}", report.table());
+    if let Err(message) = report.save(&options.out) {
+        eprintln!("error: {message}");
+        std::process::exit(1);
+    }
+    println!("wrote {}", options.out.display());
+}
+
+struct Options {
+    backends: Vec<String>,
+    rounds: usize,
+    python: Option<String>,
+    out: std::path::PathBuf,
+}
+
+/// Rounds when `--rounds` is not given.
+const DEFAULT_ROUNDS: usize = 3;
+
+impl Options {
+    fn parse(args: &[String]) -> Self {
+        let mut backends = Vec::new();
+        let mut out = None;
+        let mut rounds = DEFAULT_ROUNDS;
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--backend" => backends.extend(args.next().cloned()),
+                "--rounds" => {
+                    let value = args.next().map(String::as_str).unwrap_or_default();
+                    rounds = value
+                        .parse()
+                        .ok()
+                        .filter(|&rounds| rounds > 0)
+                        .unwrap_or_else(|| {
+                            eprintln!("error: --rounds `{value}` is not a positive whole number");
+                            std::process::exit(1);
+                        });
+                }
+                "--out" => out = args.next().map(Into::into),
+                _ => {} // `--bench` and whatever else cargo adds
+            }
+        }
+        if backends.is_empty() {
+            backends = compiled().into_iter().map(String::from).collect();
+        }
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        Self {
+            backends,
+            rounds,
+            python: std::env::var("VIT_BENCH_PYTHON").ok(),
+            out: out.unwrap_or_else(|| {
+                let artifacts = concat!(env!("CARGO_MANIFEST_DIR"), "/../../artifacts");
+                format!("{artifacts}/bench-{stamp}.json").into()
+            }),
+        }
+    }
+}
+
+fn compiled() -> Vec<&'static str> {
+    let mut names = vec!["flex", "ndarray"];
+    if cfg!(feature = "tch") {
+        names.push("tch");
+    }
+    if cfg!(feature = "wgpu") {
+        names.push("wgpu");
+    }
+    names
+}
+
+#[allow(deprecated)]
+fn device(backend: &str) -> Device {
+    match backend {
+        "flex" => Device::flex(),
+        "ndarray" => Device::ndarray(),
+        #[cfg(feature = "tch")]
+        "tch" => Device::libtorch(),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Device::wgpu(Default::default()),
+        other => {
+            eprintln!(
+                "error: backend {other} is not in this build ({:?})",
+                compiled()
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Runs this program again as `--child backend` and reads its figures.
+fn child(backend: &str) -> Result<Figures, String> {
+    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
+    let output = Command::new(exe)
+        .args(["--child", backend])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|error| error.to_string())?;
+    if !output.status.success() {
+        return Err(format!("the measuring process failed ({})", output.status));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|error| format!("{error}: {stdout}"))
+}
+
+/// `tools/torch_bench.py`, same model, batches and thread count, with `python`.
+fn pytorch(python: &str) -> Result<Figures, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/torch_bench.py");
+    let output = Command::new(python)
+        .arg(script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|error| format!("cannot run {python}: {error}"))?;
+    if !output.status.success() {
+        return Err(format!("{script} failed ({})", output.status));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|error| format!("{error}: {stdout}"))
+}
