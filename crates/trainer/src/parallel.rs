@@ -46,8 +46,8 @@ fn ranges(batch: usize, slices: usize) -> Vec<Range<usize>> {
 }
 
 /// The gradients of the mean loss over a batch of `batch` items, computed in `slices` slices
-/// on threads of their own (on the calling thread when `slices` is 1), and, for each slice in
-/// order, what `slice_loss` returned besides its loss.
+/// on threads of their own (on the calling thread when `slices` is 1); that mean loss,
+/// detached; and, for each slice in order, what `slice_loss` returned besides its loss.
 ///
 /// `slice_loss(model, range)` runs the model on the items in `range` and returns their mean
 /// loss and anything else the caller wants back (outputs for the metrics).
@@ -56,7 +56,7 @@ pub fn sliced_gradients<M, T, F>(
     batch: usize,
     slices: usize,
     slice_loss: F,
-) -> (GradientsParams, Vec<T>)
+) -> (GradientsParams, Tensor<1>, Vec<T>)
 where
     M: Module,
     T: Send,
@@ -66,7 +66,7 @@ where
     if ranges.len() == 1 {
         let (loss, rest) = slice_loss(model, 0..batch);
         let gradients = GradientsParams::from_grads(loss.backward(), model);
-        return (gradients, vec![rest]);
+        return (gradients, loss.detach(), vec![rest]);
     }
     let device = model
         .devices()
@@ -74,7 +74,7 @@ where
         .next()
         .expect("a model with parameters has a device");
     let slice_loss = &slice_loss;
-    let results: Vec<(GradientsParams, T)> = std::thread::scope(|scope| {
+    let results: Vec<(GradientsParams, Tensor<1>, T)> = std::thread::scope(|scope| {
         let handles: Vec<_> = ranges
             .into_iter()
             .map(|range| {
@@ -83,7 +83,8 @@ where
                 scope.spawn(move || {
                     let (loss, rest) = slice_loss(&model, range);
                     let loss = loss.mul_scalar(share);
-                    (GradientsParams::from_grads(loss.backward(), &model), rest)
+                    let gradients = GradientsParams::from_grads(loss.backward(), &model);
+                    (gradients, loss.detach(), rest)
                 })
             })
             .collect();
@@ -97,12 +98,14 @@ where
             .collect()
     });
     let mut sum = GradientsAccumulator::new();
+    let mut losses = Vec::with_capacity(results.len());
     let mut rests = Vec::with_capacity(results.len());
-    for (gradients, rest) in results {
+    for (gradients, loss, rest) in results {
         sum.accumulate(model, gradients);
+        losses.push(loss);
         rests.push(rest);
     }
-    (sum.grads(), rests)
+    (sum.grads(), Tensor::cat(losses, 0).sum(), rests)
 }
 
 #[cfg(test)]

@@ -65,14 +65,15 @@ impl TrainStep for Classifier {
     fn step(&self, batch: MnistBatch) -> TrainOutput<ClassificationOutput> {
         let size = batch.targets.dims()[0];
         let slices = parallel::step_slices(&batch.targets.device(), size);
-        let (grads, outputs) = parallel::sliced_gradients(self, size, slices, |model, range| {
-            let output = model.classify(MnistBatch {
-                images: batch.images.clone().slice(range.clone()),
-                targets: batch.targets.clone().slice(range),
+        let (grads, loss, outputs) =
+            parallel::sliced_gradients(self, size, slices, |model, range| {
+                let output = model.classify(MnistBatch {
+                    images: batch.images.clone().slice(range.clone()),
+                    targets: batch.targets.clone().slice(range),
+                });
+                (output.loss.clone(), output)
             });
-            (output.loss.clone(), output)
-        });
-        let output = whole_batch(outputs, size);
+        let output = whole_batch(loss, outputs);
         self.guard.check(&output.loss);
         TrainOutput {
             grads,
@@ -81,26 +82,14 @@ impl TrainStep for Classifier {
     }
 }
 
-/// The metrics' view of a batch trained in slices: the slices' losses weighted by their share
-/// of the batch, their logits and targets in order. Detached: the gradients are already taken.
-fn whole_batch(outputs: Vec<ClassificationOutput>, size: usize) -> ClassificationOutput {
-    if outputs.len() == 1 {
-        return outputs.into_iter().next().expect("one output");
-    }
-    let mut losses = Vec::with_capacity(outputs.len());
-    let mut logits = Vec::with_capacity(outputs.len());
-    let mut targets = Vec::with_capacity(outputs.len());
-    for output in outputs {
-        let share = output.targets.dims()[0] as f32 / size as f32;
-        losses.push(output.loss.detach().mul_scalar(share));
-        logits.push(output.output.detach());
-        targets.push(output.targets);
-    }
-    ClassificationOutput::new(
-        Tensor::cat(losses, 0).sum(),
-        Tensor::cat(logits, 0),
-        Tensor::cat(targets, 0),
-    )
+/// The metrics' view of a batch trained in slices: its mean loss, the slices' logits and
+/// targets in order. Detached: the gradients are already taken.
+fn whole_batch(loss: Tensor<1>, outputs: Vec<ClassificationOutput>) -> ClassificationOutput {
+    let (logits, targets): (Vec<_>, Vec<_>) = outputs
+        .into_iter()
+        .map(|output| (output.output.detach(), output.targets))
+        .unzip();
+    ClassificationOutput::new(loss, Tensor::cat(logits, 0), Tensor::cat(targets, 0))
 }
 
 impl InferenceStep for Classifier {

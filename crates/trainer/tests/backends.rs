@@ -361,7 +361,7 @@ fn sliced_training_steps_give_the_whole_batchs_gradients_on_every_backend() {
         let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &device);
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
         let gradients = |slices| {
-            let (gradients, sizes) =
+            let (gradients, _, sizes) =
                 parallel::sliced_gradients(&model, batch, slices, |model, range| {
                     let logits = model.forward(images.clone().slice(range.clone()));
                     let loss = loss_fn.forward(logits, targets.clone().slice(range.clone()));

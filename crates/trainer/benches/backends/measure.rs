@@ -142,13 +142,11 @@ impl TrainingStep {
 
     /// The batch's gradients and mean loss, as the trainer's step computes them.
     fn gradients(&self) -> (GradientsParams, Tensor<1>) {
-        let (gradients, losses) =
+        let (gradients, loss, _) =
             sliced_gradients(self.model(), TRAIN_BATCH, self.slices, |model, range| {
-                let share = range.len() as f32 / TRAIN_BATCH as f32;
-                let loss = self.loss(model, range);
-                (loss.clone(), loss.detach().mul_scalar(share))
+                (self.loss(model, range), ())
             });
-        (gradients, Tensor::cat(losses, 0).sum())
+        (gradients, loss)
     }
 
     fn update(&mut self, gradients: GradientsParams) {
