@@ -35,6 +35,10 @@ pub struct TrainingConfig {
     /// Stop when the validation loss has not improved for `patience` epochs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<EarlyStopping>,
+    /// Also average the weights of the last this many epochs; the run exports that mean
+    /// instead of its best epoch if it does better on the validation split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_last: Option<usize>,
     pub batch_size: usize,
     pub epochs: usize,
     pub seed: u64,
@@ -153,6 +157,14 @@ impl TrainingConfig {
             .is_some_and(|e| e.patience == 0)
         {
             bail!("early_stopping.patience must be greater than 0");
+        }
+        if let Some(count) = self.average_last
+            && !(2..=self.epochs).contains(&count)
+        {
+            bail!(
+                "average_last {count} must be between 2 and epochs {}",
+                self.epochs
+            );
         }
         if let Some(augment) = &self.augment {
             augment.validate().map_err(anyhow::Error::msg)?;
@@ -303,6 +315,14 @@ mod tests {
             ..tutorial()
         };
         assert!(bad.validate().unwrap_err().to_string().contains("patience"));
+        for count in [1, 11] {
+            let bad = TrainingConfig {
+                average_last: Some(count),
+                ..tutorial()
+            };
+            let error = bad.validate().unwrap_err().to_string();
+            assert!(error.contains(&format!("average_last {count}")), "{error}");
+        }
         assert!(
             serde_json::from_str::<OptimizerConfig>(r#"{"kind": "sgd", "learning_rate": 0.1}"#)
                 .is_err()

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use vit_data::augment::AugmentedDataset;
 use vit_data::{MnistBatch, MnistBatcher, MnistDataset, MnistItem, Split};
 use vit_model::{Vit, artifact};
-use vit_trainer::parallel;
+use vit_trainer::{averaging, parallel};
 
 use crate::charts;
 use crate::config::TrainingConfig;
@@ -110,8 +110,13 @@ pub struct RunReport {
     pub epochs: usize,
     /// Epochs that ran (fewer when early stopping ended the run).
     pub epochs_run: usize,
-    /// The epoch with the best validation accuracy, whose weights were exported and tested.
+    /// The epoch with the best validation accuracy, whose weights were exported and tested
+    /// unless `average.exported` says the mean of the last epochs was.
     pub exported_epoch: usize,
+    /// The mean of the last epochs' weights against the best epoch, when the config asks for
+    /// it (`average_last`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average: Option<AverageCheck>,
     pub train_images: usize,
     pub valid_images: usize,
     /// Seconds from the start (or the resumption) of training to the saved report.
@@ -124,6 +129,17 @@ pub struct RunReport {
     /// The exported model on the test set; absent for a run trained with `--no-test`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<Evaluation>,
+}
+
+/// The mean weights of epochs `first_epoch..=last_epoch` against the best epoch's, both
+/// evaluated on the validation split; the better one (the best epoch on a tie) is exported.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AverageCheck {
+    pub first_epoch: usize,
+    pub last_epoch: usize,
+    pub valid_accuracy: f64,
+    pub best_epoch_valid_accuracy: f64,
+    pub exported: bool,
 }
 
 /// Whether a finished run evaluates its exported model on the test set.
@@ -146,11 +162,11 @@ fn train_loader(
         .build(dataset)
 }
 
-/// Keeps the last checkpoint (to resume from) and the one with the best validation accuracy
-/// (to export).
-fn keep_last_and_best() -> ComposedCheckpointingStrategy {
+/// Keeps the last `last` checkpoints (to resume from, and to average) and the one with the
+/// best validation accuracy (to export).
+fn keep_last_and_best(last: usize) -> ComposedCheckpointingStrategy {
     ComposedCheckpointingStrategy::builder()
-        .add(KeepLastNCheckpoints::new(1))
+        .add(KeepLastNCheckpoints::new(last))
         .add(MetricCheckpointingStrategy::new(
             &AccuracyMetric::new(),
             Aggregate::Mean,
@@ -213,7 +229,7 @@ pub fn train(
         .metrics((AccuracyMetric::new(), LossMetric::new()))
         .metric_train_numeric(LearningRateMetric::new())
         .with_default_checkpointers()
-        .with_checkpointing_strategy(keep_last_and_best())
+        .with_checkpointing_strategy(keep_last_and_best(config.average_last.unwrap_or(1)))
         .num_epochs(config.epochs)
         .summary();
     if let Some(early_stopping) = &config.early_stopping {
@@ -252,7 +268,11 @@ pub fn train(
     }
 
     let history = history::read(run.path());
-    let exported_epoch = export_best(result.model, &history, config, run)?;
+    let exported_epoch = export_best(result.model, &history, config, run, device)?;
+    let average = match config.average_last {
+        Some(count) => average_if_better(count, &history, config, data_dir, run, device)?,
+        None => None,
+    };
     charts::learning_curves(&history, run.path())?;
 
     // The test set is touched once, here, by the exported model.
@@ -275,6 +295,7 @@ pub fn train(
         epochs: config.epochs,
         epochs_run,
         exported_epoch,
+        average,
         train_images,
         valid_images,
         wall_seconds: started.elapsed().as_secs_f64(),
@@ -285,7 +306,31 @@ pub fn train(
     };
     run.write_json(REPORT_FILE, &report)
         .context("cannot write the report")?;
-    println!("exported epoch {exported_epoch} (best validation accuracy of {epochs_run} epochs)");
+    match &report.average {
+        Some(average) if average.exported => println!(
+            "exported the mean weights of epochs {}-{}: validation accuracy {:.2} % against \
+             {:.2} % for epoch {exported_epoch} of {epochs_run}",
+            average.first_epoch,
+            average.last_epoch,
+            average.valid_accuracy,
+            average.best_epoch_valid_accuracy
+        ),
+        average => {
+            println!(
+                "exported epoch {exported_epoch} (best validation accuracy of {epochs_run} epochs)"
+            );
+            if let Some(average) = average {
+                println!(
+                    "the mean weights of epochs {}-{} did not do better on validation: {:.2} % \
+                     against {:.2} %",
+                    average.first_epoch,
+                    average.last_epoch,
+                    average.valid_accuracy,
+                    average.best_epoch_valid_accuracy
+                );
+            }
+        }
+    }
     match &report.test {
         Some(test) => println!("test {test}"),
         None => println!(
@@ -309,18 +354,80 @@ fn export_best(
     history: &[EpochMetrics],
     config: &TrainingConfig,
     run: &RunDir,
+    device: &Device,
 ) -> anyhow::Result<usize> {
     let last_epoch = history.len();
     let best = history::best_valid_epoch(history).unwrap_or(last_epoch);
     let checkpoint = run.checkpoint_dir().join(format!("model-{best}.bpk"));
-    let (model, epoch) = if best != last_epoch && checkpoint.is_file() {
-        let model = last
-            .try_load_file(&checkpoint)
-            .map_err(|error| anyhow::anyhow!("{}: {error:?}", checkpoint.display()))?;
-        (model, best)
+    let (model, epoch) = if best == last_epoch {
+        (last.vit, last_epoch)
+    } else if checkpoint.is_file() {
+        (load_checkpoint(&checkpoint, config, device)?, best)
     } else {
-        (last, last_epoch)
+        println!(
+            "the best epoch's checkpoint {} is gone: exporting the last epoch",
+            checkpoint.display()
+        );
+        (last.vit, last_epoch)
     };
-    artifact::save(&model.vit, &config.model, run.path())?;
+    artifact::save(&model, &config.model, run.path())?;
     Ok(epoch)
+}
+
+/// Averages the weights of the last `count` epochs' checkpoints and exports that mean in place
+/// of the exported best epoch if it does better on the validation split. `None`, with the
+/// reason printed, when the run has fewer epochs or their checkpoints are gone.
+fn average_if_better(
+    count: usize,
+    history: &[EpochMetrics],
+    config: &TrainingConfig,
+    data_dir: &Path,
+    run: &RunDir,
+    device: &Device,
+) -> anyhow::Result<Option<AverageCheck>> {
+    let last_epoch = history.len();
+    let Some(first_epoch) = (last_epoch + 1).checked_sub(count).filter(|&first| first > 0) else {
+        println!("no weight averaging: {last_epoch} epochs ran, fewer than average_last {count}");
+        return Ok(None);
+    };
+    let mut models = Vec::with_capacity(count);
+    for epoch in first_epoch..=last_epoch {
+        let path = run.checkpoint_dir().join(format!("model-{epoch}.bpk"));
+        if !path.is_file() {
+            println!("no weight averaging: {} is missing", path.display());
+            return Ok(None);
+        }
+        models.push(load_checkpoint(&path, config, device)?);
+    }
+    let mean = averaging::average(&models)?;
+
+    let valid_set = MnistDataset::load(data_dir, Split::Valid, &config.data)?;
+    let batch_size = config.batch_size.max(500);
+    let (best, _) = artifact::load(run.path(), device)?;
+    let best_epoch_valid_accuracy = evaluate(&best, &valid_set, batch_size, device).accuracy;
+    let valid_accuracy = evaluate(&mean, &valid_set, batch_size, device).accuracy;
+    let exported = valid_accuracy > best_epoch_valid_accuracy;
+    if exported {
+        artifact::save(&mean, &config.model, run.path())?;
+    }
+    Ok(Some(AverageCheck {
+        first_epoch,
+        last_epoch,
+        valid_accuracy,
+        best_epoch_valid_accuracy,
+        exported,
+    }))
+}
+
+/// The ViT of a training checkpoint (a [`Classifier`] record), on the plain `device`.
+fn load_checkpoint(path: &Path, config: &TrainingConfig, device: &Device) -> anyhow::Result<Vit> {
+    let classifier = Classifier {
+        vit: config.model.init(device)?,
+        label_smoothing: config.label_smoothing,
+        guard: DivergenceGuard::new(),
+    };
+    let classifier = classifier
+        .try_load_file(path)
+        .map_err(|error| anyhow::anyhow!("{}: {error:?}", path.display()))?;
+    Ok(classifier.vit)
 }

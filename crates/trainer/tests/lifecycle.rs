@@ -1,5 +1,6 @@
 //! A run's life as a user meets it: killed with SIGKILL mid-epoch and resumed, reproducible
-//! from its seed, and stopped with a clear message when the loss stops being a number.
+//! from its seed, stopped with a clear message when the loss stops being a number, and its last
+//! epochs averaged when the config asks.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -221,4 +222,39 @@ fn early_stopping_ends_a_run_whose_validation_loss_stops_improving() {
         valid_loss(epochs_run) > best,
         "it stopped while still improving: {report}"
     );
+}
+
+#[test]
+fn the_mean_of_the_last_epochs_is_weighed_against_the_best_epoch_on_validation() {
+    let work = Work::new(600, |config| {
+        config["epochs"] = 3.into();
+        config["average_last"] = 2.into();
+    });
+
+    let output = work.train("averaged").output().unwrap();
+
+    let message = text(&output);
+    assert!(output.status.success(), "{message}");
+    assert!(message.contains("mean weights of epochs 2-3"), "{message}");
+    let report = work.report("averaged");
+    let average = &report["average"];
+    assert_eq!(
+        (&average["first_epoch"], &average["last_epoch"]),
+        (&2.into(), &3.into()),
+        "{report}"
+    );
+    let (mean, best) = (
+        average["valid_accuracy"].as_f64().unwrap(),
+        average["best_epoch_valid_accuracy"].as_f64().unwrap(),
+    );
+    assert_eq!(average["exported"].as_bool(), Some(mean > best), "{report}");
+    // The best epoch re-evaluated from its checkpoint scores what the learner logged for it
+    // (within one of the 100 validation images, for batches of another size).
+    let epoch = report["exported_epoch"].as_u64().unwrap() as usize;
+    let logged = report["history"][epoch - 1]["valid_accuracy"].as_f64().unwrap();
+    assert!((best - logged).abs() <= 1.0, "{best} vs {logged}: {report}");
+    let checkpoints = work.path("artifacts").join("averaged/checkpoint");
+    for epoch in [2, 3] {
+        assert!(checkpoints.join(format!("model-{epoch}.bpk")).is_file());
+    }
 }
