@@ -17,6 +17,8 @@ pub const CONFUSION_CHART: &str = "confusion.png";
 
 const FONT: &str = "sans-serif";
 const SIZE: (u32, u32) = (800, 500);
+/// More epoch labels than this overlap on the x axis; plotters then labels round epochs.
+const MAX_EPOCH_LABELS: usize = 20;
 
 fn register_font() {
     static ONCE: Once = Once::new();
@@ -83,7 +85,7 @@ fn line_chart(
         chart
             .configure_mesh()
             .x_desc("epoch")
-            .x_labels(x_max as usize)
+            .x_labels((x_max as usize).min(MAX_EPOCH_LABELS))
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_desc(y_label)
             .label_style((FONT, 14))
