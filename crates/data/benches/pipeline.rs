@@ -52,7 +52,14 @@ fn pipeline(c: &mut Criterion) {
         rotation_degrees: 10.0,
         translate_pixels: 2.0,
         scale: 0.1,
+        ..AugmentConfig::default()
     };
+    let elastic = AugmentConfig {
+        elastic_alpha: 34.0,
+        elastic_sigma: 4.0,
+        ..augment.clone()
+    };
+    let distorted = AugmentedDataset::new(InMemDataset::new(items.clone()), elastic, 1);
     let augmented = AugmentedDataset::new(InMemDataset::new(items), augment, 1);
 
     let mut group = c.benchmark_group("data_pipeline");
@@ -68,6 +75,12 @@ fn pipeline(c: &mut Criterion) {
         b.iter(|| {
             step += 1;
             batch_from(&augmented, step, &device)
+        })
+    });
+    group.bench_function("load_augment_elastic_and_batch", |b| {
+        b.iter(|| {
+            step += 1;
+            batch_from(&distorted, step, &device)
         })
     });
     group.finish();

@@ -1,4 +1,6 @@
-//! On-the-fly random affine augmentation (rotation, translation, scale) of training images.
+//! On-the-fly random augmentation of training images: an affine transform (rotation,
+//! translation, scale) and optionally an elastic distortion (Simard et al., 2003: a random
+//! displacement field, smoothed by a Gaussian and scaled).
 //! Each draw is seeded by (run seed, image index, how often that image was drawn), so a run is
 //! reproducible whatever order the loader's worker threads fetch items in, and each epoch sees
 //! a new variant of every image.
@@ -18,7 +20,7 @@ const PIXELS: usize = IMAGE_SIDE * IMAGE_SIDE;
 const CENTRE: f32 = (IMAGE_SIDE as f32 - 1.0) / 2.0;
 
 /// The range of each random transform; zero turns that transform off.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AugmentConfig {
     /// Rotation, uniform in ± this many degrees.
@@ -30,6 +32,17 @@ pub struct AugmentConfig {
     /// Zoom factor, uniform in [1 − scale, 1 + scale].
     #[serde(default)]
     pub scale: f32,
+    /// Elastic distortion strength: each pixel's displacement is uniform noise in ±1 px,
+    /// smoothed by a Gaussian of `elastic_sigma` pixels, times this. 0 turns it off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub elastic_alpha: f32,
+    /// Standard deviation, in pixels, of the Gaussian that smooths the elastic field.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub elastic_sigma: f32,
+}
+
+fn is_zero(value: &f32) -> bool {
+    *value == 0.0
 }
 
 impl AugmentConfig {
@@ -38,26 +51,104 @@ impl AugmentConfig {
             ("rotation_degrees", self.rotation_degrees, 180.0),
             ("translate_pixels", self.translate_pixels, IMAGE_SIDE as f32),
             ("scale", self.scale, 0.99),
+            ("elastic_alpha", self.elastic_alpha, 100.0),
+            ("elastic_sigma", self.elastic_sigma, IMAGE_SIDE as f32 / 2.0),
         ];
         for (name, value, max) in fields {
             if !(0.0..=max).contains(&value) {
                 return Err(format!("augment.{name} {value} must be in [0, {max}]"));
             }
         }
+        if self.elastic_alpha > 0.0 && self.elastic_sigma < 0.5 {
+            return Err(format!(
+                "augment.elastic_sigma {} must be at least 0.5 when elastic_alpha is set",
+                self.elastic_sigma
+            ));
+        }
         Ok(())
     }
 
     /// One random transform.
-    pub fn sample(&self, rng: &mut SplitMix64) -> Affine {
-        Affine {
+    pub fn sample(&self, rng: &mut SplitMix64) -> Transform {
+        let affine = Affine {
             rotation_degrees: rng.symmetric(self.rotation_degrees),
             translate: (
                 rng.symmetric(self.translate_pixels),
                 rng.symmetric(self.translate_pixels),
             ),
             scale: 1.0 + rng.symmetric(self.scale),
+        };
+        let elastic = (self.elastic_alpha > 0.0).then(|| {
+            Box::new(ElasticField::sample(
+                self.elastic_alpha,
+                self.elastic_sigma,
+                rng,
+            ))
+        });
+        Transform { affine, elastic }
+    }
+}
+
+/// An affine transform, then (on the output grid) an optional elastic displacement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transform {
+    pub affine: Affine,
+    pub elastic: Option<Box<ElasticField>>,
+}
+
+impl Transform {
+    pub fn apply(&self, pixels: &[u8; PIXELS]) -> [u8; PIXELS] {
+        match &self.elastic {
+            Some(field) => self.affine.apply_displaced(pixels, |i| field.0[i]),
+            None => self.affine.apply(pixels),
         }
     }
+}
+
+/// A displacement (right, down) in pixels for every pixel of the image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ElasticField(pub [(f32, f32); PIXELS]);
+
+impl ElasticField {
+    /// Uniform noise in ±1 for each axis and pixel, smoothed by a Gaussian of `sigma` pixels
+    /// (zero outside the image), times `alpha`.
+    pub fn sample(alpha: f32, sigma: f32, rng: &mut SplitMix64) -> Self {
+        let kernel = gaussian_kernel(sigma);
+        let mut along = |_| smooth(&std::array::from_fn(|_| rng.symmetric(1.0)), &kernel);
+        let (right, down) = (along(0), along(1));
+        Self(std::array::from_fn(|i| (alpha * right[i], alpha * down[i])))
+    }
+}
+
+/// Normalised Gaussian weights for offsets −r..=r, r = ⌈3σ⌉.
+fn gaussian_kernel(sigma: f32) -> Vec<f32> {
+    let radius = (3.0 * sigma).ceil() as i32;
+    let weights: Vec<f32> = (-radius..=radius)
+        .map(|offset| (-(offset * offset) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let total: f32 = weights.iter().sum();
+    weights.iter().map(|w| w / total).collect()
+}
+
+/// Separable convolution with `kernel` along rows then columns, zero outside the image.
+fn smooth(values: &[f32; PIXELS], kernel: &[f32]) -> [f32; PIXELS] {
+    let radius = (kernel.len() / 2) as isize;
+    let side = IMAGE_SIDE as isize;
+    let pass = |input: &[f32; PIXELS], step: (isize, isize)| -> [f32; PIXELS] {
+        std::array::from_fn(|i| {
+            let (x, y) = ((i % IMAGE_SIDE) as isize, (i / IMAGE_SIDE) as isize);
+            kernel
+                .iter()
+                .zip(-radius..=radius)
+                .filter_map(|(weight, offset)| {
+                    let (sx, sy) = (x + offset * step.0, y + offset * step.1);
+                    ((0..side).contains(&sx) && (0..side).contains(&sy))
+                        .then(|| weight * input[(sy * side + sx) as usize])
+                })
+                .sum()
+        })
+    };
+    pass(&pass(values, (1, 0)), (0, 1))
 }
 
 /// Rotate (counter-clockwise as seen on screen) and scale about the centre, then shift.
@@ -79,13 +170,23 @@ impl Affine {
     /// The transformed image: each output pixel samples the input bilinearly at the inverse
     /// transform of its position; outside the input is black.
     pub fn apply(&self, pixels: &[u8; PIXELS]) -> [u8; PIXELS] {
+        self.apply_displaced(pixels, |_| (0.0, 0.0))
+    }
+
+    /// As `apply`, with output pixel `i` first moved by `displacement(i)` (right, down).
+    fn apply_displaced(
+        &self,
+        pixels: &[u8; PIXELS],
+        displacement: impl Fn(usize) -> (f32, f32),
+    ) -> [u8; PIXELS] {
         let (sin, cos) = self.rotation_degrees.to_radians().sin_cos();
         let mut out = [0u8; PIXELS];
         for y in 0..IMAGE_SIDE {
             for x in 0..IMAGE_SIDE {
+                let (right, down) = displacement(y * IMAGE_SIDE + x);
                 // Undo the shift, the scale, then the rotation (by −θ).
-                let dx = (x as f32 - CENTRE - self.translate.0) / self.scale;
-                let dy = (y as f32 - CENTRE - self.translate.1) / self.scale;
+                let dx = (x as f32 + right - CENTRE - self.translate.0) / self.scale;
+                let dy = (y as f32 + down - CENTRE - self.translate.1) / self.scale;
                 let source_x = CENTRE + dx * cos - dy * sin;
                 let source_y = CENTRE + dx * sin + dy * cos;
                 out[y * IMAGE_SIDE + x] = bilinear(pixels, source_x, source_y);
@@ -267,6 +368,7 @@ mod tests {
             rotation_degrees: 15.0,
             translate_pixels: 3.0,
             scale: 0.1,
+            ..AugmentConfig::default()
         };
         let first = AugmentedDataset::new(InMemDataset::new(items.clone()), config.clone(), 9);
         let second = AugmentedDataset::new(InMemDataset::new(items), config, 9);
@@ -287,15 +389,77 @@ mod tests {
     fn ranges_are_validated() {
         let bad = AugmentConfig {
             rotation_degrees: -1.0,
-            translate_pixels: 0.0,
-            scale: 0.0,
+            ..AugmentConfig::default()
         };
         assert!(bad.validate().unwrap_err().contains("rotation_degrees"));
         let bad = AugmentConfig {
-            rotation_degrees: 0.0,
-            translate_pixels: 0.0,
             scale: 1.5,
+            ..AugmentConfig::default()
         };
         assert!(bad.validate().unwrap_err().contains("scale"));
+    }
+
+    #[test]
+    fn an_elastic_displacement_moves_pixels_like_a_shift_of_the_opposite_sign() {
+        // Output pixels sample 2 px left and 1 px below themselves: the image moves right, up.
+        let transform = Transform {
+            affine: Affine::IDENTITY,
+            elastic: Some(Box::new(ElasticField([(-2.0, 1.0); PIXELS]))),
+        };
+        assert_eq!(transform.apply(&dot(5, 9)), dot(7, 8));
+    }
+
+    #[test]
+    fn elastic_fields_are_smooth_and_as_strong_as_alpha_and_sigma_say() {
+        let (alpha, sigma) = (34.0, 4.0);
+        let kernel = gaussian_kernel(sigma);
+        // Far from the border, each axis is alpha × a weighted sum of uniform(±1) noise, with
+        // 2-D weights w_i·w_j: its variance is alpha² · (1/3) · (Σ w²)².
+        let squares: f32 = kernel.iter().map(|w| w * w).sum();
+        let expected_rms = alpha * (1.0f32 / 3.0).sqrt() * squares;
+        let (mut sum_squares, mut neighbour_squares, mut count) = (0.0f64, 0.0f64, 0usize);
+        for draw in 0..300 {
+            let field = ElasticField::sample(alpha, sigma, &mut SplitMix64::new(draw));
+            for y in 12..16 {
+                for x in 12..16 {
+                    let (right, down) = field.0[y * IMAGE_SIDE + x];
+                    let (next_right, _) = field.0[y * IMAGE_SIDE + x + 1];
+                    sum_squares += f64::from(right * right + down * down) / 2.0;
+                    neighbour_squares += f64::from((next_right - right).powi(2));
+                    count += 1;
+                }
+            }
+        }
+        let rms = (sum_squares / count as f64).sqrt() as f32;
+        assert!(
+            (rms / expected_rms - 1.0).abs() < 0.1,
+            "rms {rms} px, expected {expected_rms} px"
+        );
+        let step = (neighbour_squares / count as f64).sqrt() as f32;
+        assert!(
+            step < 0.3 * rms,
+            "neighbours differ by {step} px against {rms} px: not smooth"
+        );
+    }
+
+    #[test]
+    fn elastic_distortion_is_off_unless_asked_for_and_needs_a_sigma() {
+        let affine_only = AugmentConfig {
+            rotation_degrees: 10.0,
+            ..AugmentConfig::default()
+        };
+        assert_eq!(affine_only.sample(&mut SplitMix64::new(1)).elastic, None);
+        let elastic = AugmentConfig {
+            elastic_alpha: 10.0,
+            elastic_sigma: 3.0,
+            ..affine_only
+        };
+        assert!(elastic.validate().is_ok());
+        assert!(elastic.sample(&mut SplitMix64::new(1)).elastic.is_some());
+        let no_sigma = AugmentConfig {
+            elastic_sigma: 0.0,
+            ..elastic
+        };
+        assert!(no_sigma.validate().unwrap_err().contains("elastic_sigma 0"));
     }
 }

@@ -107,7 +107,10 @@ mod tests {
         let each: Vec<Vec<f32>> = models.iter().map(weights).collect();
         for (i, value) in weights(&mean).into_iter().enumerate() {
             let expected = (each[0][i] + each[1][i] + each[2][i]) / 3.0;
-            assert!((value - expected).abs() < 1e-6, "{i}: {value} vs {expected}");
+            assert!(
+                (value - expected).abs() < 1e-6,
+                "{i}: {value} vs {expected}"
+            );
         }
         assert_eq!(mean.weight.val().dims(), [3, 2]);
         assert_eq!(mean.weight.id, models[0].weight.id);

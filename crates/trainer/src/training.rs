@@ -386,7 +386,10 @@ fn average_if_better(
     device: &Device,
 ) -> anyhow::Result<Option<AverageCheck>> {
     let last_epoch = history.len();
-    let Some(first_epoch) = (last_epoch + 1).checked_sub(count).filter(|&first| first > 0) else {
+    let Some(first_epoch) = (last_epoch + 1)
+        .checked_sub(count)
+        .filter(|&first| first > 0)
+    else {
         println!("no weight averaging: {last_epoch} epochs ran, fewer than average_last {count}");
         return Ok(None);
     };

@@ -251,7 +251,9 @@ fn the_mean_of_the_last_epochs_is_weighed_against_the_best_epoch_on_validation()
     // The best epoch re-evaluated from its checkpoint scores what the learner logged for it
     // (within one of the 100 validation images, for batches of another size).
     let epoch = report["exported_epoch"].as_u64().unwrap() as usize;
-    let logged = report["history"][epoch - 1]["valid_accuracy"].as_f64().unwrap();
+    let logged = report["history"][epoch - 1]["valid_accuracy"]
+        .as_f64()
+        .unwrap();
     assert!((best - logged).abs() <= 1.0, "{best} vs {logged}: {report}");
     let checkpoints = work.path("artifacts").join("averaged/checkpoint");
     for epoch in [2, 3] {
