@@ -268,11 +268,12 @@ pub fn train(
     }
 
     let history = history::read(run.path());
-    let exported_epoch = export_best(result.model, &history, config, run, device)?;
-    let average = match config.average_last {
-        Some(count) => average_if_better(count, &history, config, data_dir, run, device)?,
-        None => None,
+    let (best, exported_epoch) = best_epoch(result.model, &history, config, run, device)?;
+    let (model, average) = match config.average_last {
+        Some(count) => prefer_average(count, best, &history, config, data_dir, run, device)?,
+        None => (best, None),
     };
+    artifact::save(&model, &config.model, run.path())?;
     charts::learning_curves(&history, run.path())?;
 
     // The test set is touched once, here, by the exported model.
@@ -306,30 +307,23 @@ pub fn train(
     };
     run.write_json(REPORT_FILE, &report)
         .context("cannot write the report")?;
-    match &report.average {
-        Some(average) if average.exported => println!(
-            "exported the mean weights of epochs {}-{}: validation accuracy {:.2} % against \
-             {:.2} % for epoch {exported_epoch} of {epochs_run}",
+    let exported = match &report.average {
+        Some(average) if average.exported => format!(
+            "the mean weights of epochs {}-{}",
+            average.first_epoch, average.last_epoch
+        ),
+        _ => format!("epoch {exported_epoch} (best validation accuracy of {epochs_run} epochs)"),
+    };
+    println!("exported {exported}");
+    if let Some(average) = &report.average {
+        println!(
+            "validation accuracy: {:.2} % for the mean weights of epochs {}-{}, {:.2} % for \
+             epoch {exported_epoch}",
+            average.valid_accuracy,
             average.first_epoch,
             average.last_epoch,
-            average.valid_accuracy,
             average.best_epoch_valid_accuracy
-        ),
-        average => {
-            println!(
-                "exported epoch {exported_epoch} (best validation accuracy of {epochs_run} epochs)"
-            );
-            if let Some(average) = average {
-                println!(
-                    "the mean weights of epochs {}-{} did not do better on validation: {:.2} % \
-                     against {:.2} %",
-                    average.first_epoch,
-                    average.last_epoch,
-                    average.valid_accuracy,
-                    average.best_epoch_valid_accuracy
-                );
-            }
-        }
+        );
     }
     match &report.test {
         Some(test) => println!("test {test}"),
@@ -347,58 +341,58 @@ pub fn train(
     Ok(report)
 }
 
-/// Saves the weights of the epoch with the best validation accuracy as the run's model, or the
-/// final weights when that checkpoint is gone. Returns the epoch exported.
-fn export_best(
+/// The weights of the epoch with the best validation accuracy, or the final weights when that
+/// checkpoint is gone, and the epoch they come from.
+fn best_epoch(
     last: Classifier,
     history: &[EpochMetrics],
     config: &TrainingConfig,
     run: &RunDir,
     device: &Device,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<(Vit, usize)> {
     let last_epoch = history.len();
     let best = history::best_valid_epoch(history).unwrap_or(last_epoch);
     let checkpoint = run.checkpoint_dir().join(format!("model-{best}.bpk"));
-    let (model, epoch) = if best == last_epoch {
-        (last.vit, last_epoch)
+    if best == last_epoch {
+        Ok((last.vit, last_epoch))
     } else if checkpoint.is_file() {
-        (load_checkpoint(&checkpoint, config, device)?, best)
+        Ok((load_checkpoint(&checkpoint, config, device)?, best))
     } else {
         println!(
             "the best epoch's checkpoint {} is gone: exporting the last epoch",
             checkpoint.display()
         );
-        (last.vit, last_epoch)
-    };
-    artifact::save(&model, &config.model, run.path())?;
-    Ok(epoch)
+        Ok((last.vit, last_epoch))
+    }
 }
 
-/// Averages the weights of the last `count` epochs' checkpoints and exports that mean in place
-/// of the exported best epoch if it does better on the validation split. `None`, with the
-/// reason printed, when the run has fewer epochs or their checkpoints are gone.
-fn average_if_better(
+/// Averages the weights of the last `count` epochs' checkpoints and returns that mean in place
+/// of `best` if it does better on the validation split, with the comparison. `best` and no
+/// comparison, with the reason printed, when the run has fewer epochs or their checkpoints are
+/// gone.
+fn prefer_average(
     count: usize,
+    best: Vit,
     history: &[EpochMetrics],
     config: &TrainingConfig,
     data_dir: &Path,
     run: &RunDir,
     device: &Device,
-) -> anyhow::Result<Option<AverageCheck>> {
+) -> anyhow::Result<(Vit, Option<AverageCheck>)> {
     let last_epoch = history.len();
     let Some(first_epoch) = (last_epoch + 1)
         .checked_sub(count)
         .filter(|&first| first > 0)
     else {
         println!("no weight averaging: {last_epoch} epochs ran, fewer than average_last {count}");
-        return Ok(None);
+        return Ok((best, None));
     };
     let mut models = Vec::with_capacity(count);
     for epoch in first_epoch..=last_epoch {
         let path = run.checkpoint_dir().join(format!("model-{epoch}.bpk"));
         if !path.is_file() {
             println!("no weight averaging: {} is missing", path.display());
-            return Ok(None);
+            return Ok((best, None));
         }
         models.push(load_checkpoint(&path, config, device)?);
     }
@@ -406,20 +400,17 @@ fn average_if_better(
 
     let valid_set = MnistDataset::load(data_dir, Split::Valid, &config.data)?;
     let batch_size = config.batch_size.max(500);
-    let (best, _) = artifact::load(run.path(), device)?;
     let best_epoch_valid_accuracy = evaluate(&best, &valid_set, batch_size, device).accuracy;
     let valid_accuracy = evaluate(&mean, &valid_set, batch_size, device).accuracy;
     let exported = valid_accuracy > best_epoch_valid_accuracy;
-    if exported {
-        artifact::save(&mean, &config.model, run.path())?;
-    }
-    Ok(Some(AverageCheck {
+    let check = AverageCheck {
         first_epoch,
         last_epoch,
         valid_accuracy,
         best_epoch_valid_accuracy,
         exported,
-    }))
+    };
+    Ok((if exported { mean } else { best }, Some(check)))
 }
 
 /// The ViT of a training checkpoint (a [`Classifier`] record), on the plain `device`.
