@@ -114,8 +114,8 @@ impl ElasticField {
     /// (zero outside the image), times `alpha`.
     pub fn sample(alpha: f32, sigma: f32, rng: &mut SplitMix64) -> Self {
         let kernel = gaussian_kernel(sigma);
-        let mut along = |_| smooth(&std::array::from_fn(|_| rng.symmetric(1.0)), &kernel);
-        let (right, down) = (along(0), along(1));
+        let mut noise = || smooth(&std::array::from_fn(|_| rng.symmetric(1.0)), &kernel);
+        let (right, down) = (noise(), noise());
         Self(std::array::from_fn(|i| (alpha * right[i], alpha * down[i])))
     }
 }

@@ -248,7 +248,7 @@ fn the_mean_of_the_last_epochs_is_weighed_against_the_best_epoch_on_validation()
         average["best_epoch_valid_accuracy"].as_f64().unwrap(),
     );
     assert_eq!(average["exported"].as_bool(), Some(mean > best), "{report}");
-    // The best epoch re-evaluated from its checkpoint scores what the learner logged for it
+    // The best epoch evaluated again after training scores what the learner logged for it
     // (within one of the 100 validation images, for batches of another size).
     let epoch = report["exported_epoch"].as_u64().unwrap() as usize;
     let logged = report["history"][epoch - 1]["valid_accuracy"]
