@@ -1,7 +1,7 @@
 //! Project commands, run as `cargo xtask <command>`:
 //!
 //! - `train [--backend B] [trainer args…]`: train (default config: the tutorial preset)
-//! - `eval  [--backend B] [trainer args…]`: evaluate a run on the test set
+//! - `eval  [--backend B] [trainer args…]`: evaluate a run on the test set (or its validation split)
 //! - `infer [--backend B] [trainer args…]`: predict digits of image files
 //! - `import [--backend B] [trainer args…]`: a run directory from PyTorch-made weights
 //! - `augment-preview [trainer args…]`: a PNG grid of augmented training images

@@ -7,6 +7,7 @@
 //! - [`artifact`] owns the file names of a saved model, for the trainer and for embedders alike.
 //! - [`load`] and [`Predictor::predict`]: class probabilities for raw gray images, for programs
 //!   that embed a trained model (`examples/predict.rs`).
+//! - [`Views`]: test-time augmentation, probabilities averaged over one-pixel shifts.
 //! - [`portable`] moves weights to and from PyTorch as safetensors.
 //! - [`input`] is the pixel normalisation the network was trained with.
 //! - [`fused`]: LayerNorm and softmax as single operations with their own backward passes.
@@ -17,8 +18,10 @@ pub mod fused;
 pub mod input;
 pub mod portable;
 mod predict;
+mod views;
 mod vit;
 
 pub use config::{ConfigError, VitConfig};
 pub use predict::{PredictError, Predictor, best, load};
+pub use views::Views;
 pub use vit::Vit;

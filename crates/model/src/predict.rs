@@ -7,7 +7,7 @@ use burn::prelude::*;
 
 use crate::artifact::{self, ArtifactError};
 use crate::input::normalise;
-use crate::{Vit, VitConfig};
+use crate::{Views, Vit, VitConfig};
 
 /// A loaded network with the config that describes its inputs.
 #[derive(Debug)]
@@ -15,6 +15,7 @@ pub struct Predictor {
     vit: Vit,
     config: VitConfig,
     device: Device,
+    views: Views,
 }
 
 /// Why images could not be classified.
@@ -45,7 +46,13 @@ impl Predictor {
             vit,
             config,
             device,
+            views: Views::Single,
         }
+    }
+
+    /// Averages each prediction over `views` of the image (test-time augmentation).
+    pub fn with_views(self, views: Views) -> Self {
+        Self { views, ..self }
     }
 
     pub fn config(&self) -> &VitConfig {
@@ -83,7 +90,7 @@ impl Predictor {
         );
         let probabilities = self
             .vit
-            .predict(images)
+            .predict_views(images, self.views)
             .into_data()
             .try_to_vec::<f32>()
             .expect("float probabilities");
@@ -119,14 +126,20 @@ mod tests {
             ..VitConfig::tutorial()
         };
         artifact::save(&config.init(&device).unwrap(), &config, dir.path()).unwrap();
-        let predictor = load(dir.path(), &device).unwrap();
+        let single = load(dir.path(), &device).unwrap();
+        let shifted = load(dir.path(), &device)
+            .unwrap()
+            .with_views(Views::Shifted);
 
-        let rows = predictor.predict(&[17u8; 3 * 784]).unwrap();
-        assert_eq!(rows.len(), 3);
-        for row in rows {
+        let pixels: Vec<u8> = (0..3 * 784).map(|i| (i * 37 % 256) as u8).collect();
+        let rows = single.predict(&pixels).unwrap();
+        let averaged = shifted.predict(&pixels).unwrap();
+        assert_eq!((rows.len(), averaged.len()), (3, 3));
+        for row in rows.iter().chain(&averaged) {
             assert_eq!(row.len(), 10);
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
         }
+        assert_ne!(rows, averaged, "the shifted views were not used");
     }
 
     #[test]

@@ -2,11 +2,11 @@
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 use vit_data::{MnistBatcher, MnistDataset};
-use vit_model::Vit;
+use vit_model::{Views, Vit};
 
 const CLASSES: usize = 10;
 
@@ -23,16 +23,17 @@ pub struct Evaluation {
     pub confusion: Vec<Vec<u64>>,
 }
 
-/// Runs `model` over every image of `dataset` in batches of `batch_size`.
+/// Runs `model` over every image of `dataset` in batches of `batch_size`, each prediction
+/// averaged over `views` of the image.
 pub fn evaluate(
     model: &Vit,
     dataset: &MnistDataset,
     batch_size: usize,
+    views: Views,
     device: &Device,
 ) -> Evaluation {
     let mut confusion = vec![vec![0u64; CLASSES]; CLASSES];
     let mut loss_sum = 0.0;
-    let loss_fn = CrossEntropyLossConfig::new().init(device);
     let indices: Vec<usize> = (0..dataset.len()).collect();
     for chunk in indices.chunks(batch_size) {
         let items = chunk
@@ -40,10 +41,18 @@ pub fn evaluate(
             .map(|&i| dataset.get(i).expect("in-memory dataset"))
             .collect();
         let batch = MnistBatcher.batch(items, device);
-        let logits = model.forward(batch.images);
-        let loss = loss_fn.forward(logits.clone(), batch.targets.clone());
-        loss_sum += f64::from(loss.into_scalar::<f32>()) * chunk.len() as f64;
-        let predicted = logits
+        let log_probabilities = match views {
+            // Straight from the logits, so the loss is the training loss exactly.
+            Views::Single => log_softmax(model.forward(batch.images), 1),
+            Views::Shifted => model
+                .predict_views(batch.images, views)
+                .clamp_min(f32::MIN_POSITIVE)
+                .log(),
+        };
+        let targets = batch.targets.clone().reshape([chunk.len(), 1]);
+        let loss = -log_probabilities.clone().gather(1, targets).sum();
+        loss_sum += f64::from(loss.into_scalar::<f32>());
+        let predicted = log_probabilities
             .argmax(1)
             .into_data()
             .convert::<i64>()

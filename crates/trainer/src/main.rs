@@ -20,8 +20,8 @@ use anyhow::Context;
 use burn::data::dataset::Dataset;
 use clap::{Parser, Subcommand};
 use vit_data::{DataConfig, DataDirSource, MnistDataset, Split, download, resolve_data_dir};
-use vit_model::artifact;
 use vit_model::portable;
+use vit_model::{Views, artifact};
 
 use crate::config::TrainingConfig;
 use crate::run_dir::{RunDir, default_run_name};
@@ -62,12 +62,21 @@ enum Command {
         #[arg(long)]
         no_test: bool,
     },
-    /// Evaluate a finished run on the MNIST test set; writes confusion.png into the run.
+    /// Evaluate a finished run on the MNIST test set (or its validation split); writes
+    /// confusion.png into the run for the test set.
     Eval {
         #[command(flatten)]
         run: RunArgs,
         #[command(flatten)]
         data: DataArgs,
+        /// The split to evaluate: `valid` is the run's own validation split, for choices
+        /// such as `--tta`; `test` is for the final figure, once.
+        #[arg(long, value_enum, default_value_t = EvalSplit::Test)]
+        split: EvalSplit,
+        /// Test-time augmentation: average each prediction over the image and its four
+        /// one-pixel shifts (five forward passes).
+        #[arg(long)]
+        tta: bool,
     },
     /// Draw a PNG grid of training images next to augmented versions: what the model sees.
     AugmentPreview {
@@ -110,7 +119,20 @@ enum Command {
         /// At most this many images from each IDX file.
         #[arg(long, default_value_t = 10)]
         limit: usize,
+        /// Average each prediction over the image and its four one-pixel shifts.
+        #[arg(long)]
+        tta: bool,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EvalSplit {
+    Valid,
+    Test,
+}
+
+fn views(tta: bool) -> Views {
+    if tta { Views::Shifted } else { Views::Single }
 }
 
 #[derive(clap::Args)]
@@ -194,16 +216,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let run = RunDir::create(&artifacts, &name)?;
             training::train(&config, &data.dir()?, &run, &device, 0, test)?;
         }
-        Command::Eval { run, data } => {
+        Command::Eval {
+            run,
+            data,
+            split,
+            tta,
+        } => {
             let run = run.open()?;
             let (model, _) = artifact::load(run.path(), &device)?;
-            let data_config = DataConfig::default();
-            let test_set = MnistDataset::load(&data.dir()?, Split::Test, &data_config)?;
-            let evaluation = evaluation::evaluate(&model, &test_set, 500, &device);
-            println!("{} on {device:?}: test {evaluation}", run.path().display());
-            let chart = run.path().join(charts::CONFUSION_CHART);
-            charts::confusion_matrix(&evaluation.confusion, &chart)?;
-            println!("confusion matrix drawn in {}", chart.display());
+            let (split, data_config, name) = match split {
+                EvalSplit::Test => (Split::Test, DataConfig::default(), "test"),
+                EvalSplit::Valid => (Split::Valid, run_data_config(&run)?, "validation"),
+            };
+            let dataset = MnistDataset::load(&data.dir()?, split, &data_config)?;
+            let evaluation = evaluation::evaluate(&model, &dataset, 500, views(tta), &device);
+            let views = if tta {
+                ", five shifted views per image"
+            } else {
+                ""
+            };
+            println!(
+                "{} on {device:?}{views}: {name} {evaluation}",
+                run.path().display()
+            );
+            if split == Split::Test {
+                let chart = run.path().join(charts::CONFUSION_CHART);
+                charts::confusion_matrix(&evaluation.confusion, &chart)?;
+                println!("confusion matrix drawn in {}", chart.display());
+            }
         }
         Command::AugmentPreview {
             config: config_path,
@@ -237,10 +277,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 draws
             );
         }
-        Command::Infer { run, files, limit } => {
+        Command::Infer {
+            run,
+            files,
+            limit,
+            tta,
+        } => {
             let run = run.open()?;
             let predictor = vit_model::load(run.path(), &device)
-                .with_context(|| format!("cannot load the model of {}", run.path().display()))?;
+                .with_context(|| format!("cannot load the model of {}", run.path().display()))?
+                .with_views(views(tta));
             let inputs = infer::read_inputs(&files, limit)?;
             let rows = predictor.predict(&infer::pixels(&inputs))?;
             for (input, probabilities) in inputs.iter().zip(rows) {
@@ -271,4 +317,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The data section of the config `run` was trained with, which fixes its validation split.
+fn run_data_config(run: &RunDir) -> anyhow::Result<DataConfig> {
+    let path = run.training_config_path();
+    if !path.is_file() {
+        anyhow::bail!(
+            "{} has no training config ({}), so its validation split is unknown; evaluate \
+             the test split instead",
+            run.path().display(),
+            path.display()
+        );
+    }
+    Ok(TrainingConfig::load(&path)?.data)
 }

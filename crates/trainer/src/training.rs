@@ -24,7 +24,7 @@ use burn::train::{
 use serde::{Deserialize, Serialize};
 use vit_data::augment::AugmentedDataset;
 use vit_data::{MnistBatch, MnistBatcher, MnistDataset, MnistItem, Split};
-use vit_model::{Vit, artifact};
+use vit_model::{Views, Vit, artifact};
 use vit_trainer::{averaging, parallel};
 
 use crate::charts;
@@ -117,6 +117,10 @@ pub struct RunReport {
     /// it (`average_last`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub average: Option<AverageCheck>,
+    /// The exported model's validation accuracy with one view and with five shifted views
+    /// per image: whether test-time augmentation (`eval --tta`) is worth using.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_views: Option<ViewsCheck>,
     pub train_images: usize,
     pub valid_images: usize,
     /// Seconds from the start (or the resumption) of training to the saved report.
@@ -140,6 +144,13 @@ pub struct AverageCheck {
     pub valid_accuracy: f64,
     pub best_epoch_valid_accuracy: f64,
     pub exported: bool,
+}
+
+/// Validation accuracy (%) of one model with each kind of [`Views`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ViewsCheck {
+    pub single: f64,
+    pub shifted: f64,
 }
 
 /// Whether a finished run evaluates its exported model on the test set.
@@ -275,13 +286,20 @@ pub fn train(
     };
     artifact::save(&model, &config.model, run.path())?;
     charts::learning_curves(&history, run.path())?;
+    let valid_views = compare_views(&model, config, data_dir, device)?;
 
     // The test set is touched once, here, by the exported model.
     let test = match testing {
         TestSet::Evaluate => {
             let test_set = MnistDataset::load(data_dir, Split::Test, &config.data)?;
             let (vit, _) = artifact::load(run.path(), device)?;
-            let test = evaluate(&vit, &test_set, config.batch_size.max(500), device);
+            let test = evaluate(
+                &vit,
+                &test_set,
+                config.batch_size.max(500),
+                Views::Single,
+                device,
+            );
             let chart = run.path().join(charts::CONFUSION_CHART);
             charts::confusion_matrix(&test.confusion, &chart)?;
             Some(test)
@@ -297,6 +315,7 @@ pub fn train(
         epochs_run,
         exported_epoch,
         average,
+        valid_views: Some(valid_views),
         train_images,
         valid_images,
         wall_seconds: started.elapsed().as_secs_f64(),
@@ -323,6 +342,13 @@ pub fn train(
             average.first_epoch,
             average.last_epoch,
             average.best_epoch_valid_accuracy
+        );
+    }
+    if let Some(views) = &report.valid_views {
+        println!(
+            "validation accuracy of the exported model: {:.2} % with one view per image, \
+             {:.2} % averaged over five one-pixel shifts (eval --tta)",
+            views.single, views.shifted
         );
     }
     match &report.test {
@@ -400,8 +426,9 @@ fn prefer_average(
 
     let valid_set = MnistDataset::load(data_dir, Split::Valid, &config.data)?;
     let batch_size = config.batch_size.max(500);
-    let best_epoch_valid_accuracy = evaluate(&best, &valid_set, batch_size, device).accuracy;
-    let valid_accuracy = evaluate(&mean, &valid_set, batch_size, device).accuracy;
+    let best_epoch_valid_accuracy =
+        evaluate(&best, &valid_set, batch_size, Views::Single, device).accuracy;
+    let valid_accuracy = evaluate(&mean, &valid_set, batch_size, Views::Single, device).accuracy;
     let exported = valid_accuracy > best_epoch_valid_accuracy;
     let check = AverageCheck {
         first_epoch,
@@ -411,6 +438,22 @@ fn prefer_average(
         exported,
     };
     Ok((if exported { mean } else { best }, Some(check)))
+}
+
+/// `model` on the validation split with one view and with shifted views per image.
+fn compare_views(
+    model: &Vit,
+    config: &TrainingConfig,
+    data_dir: &Path,
+    device: &Device,
+) -> anyhow::Result<ViewsCheck> {
+    let valid_set = MnistDataset::load(data_dir, Split::Valid, &config.data)?;
+    let batch_size = config.batch_size.max(500);
+    let accuracy = |views| evaluate(model, &valid_set, batch_size, views, device).accuracy;
+    Ok(ViewsCheck {
+        single: accuracy(Views::Single),
+        shifted: accuracy(Views::Shifted),
+    })
 }
 
 /// The ViT of a training checkpoint (a [`Classifier`] record), on the plain `device`.

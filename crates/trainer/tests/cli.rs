@@ -160,7 +160,22 @@ fn train_with_no_test_leaves_the_test_set_alone() {
     assert!(!run_dir.join("confusion.png").exists());
     assert!(report(&run_dir).get("test").is_none());
 
+    let views = report(&run_dir)["valid_views"].clone();
     let run_dir = run_dir.to_str().unwrap();
+    // The run's own validation split (100 images, from its config), with and without the
+    // shifted views, scores what training reported, and needs no test file.
+    for (tta, key) in [(None, "single"), (Some("--tta"), "shifted")] {
+        let mut args = vec!["eval", "--run-dir", run_dir, "--data-dir", &data];
+        args.extend(["--split", "valid"].into_iter().chain(tta));
+        let validated = run(&args);
+        assert!(validated.status.success(), "{}", text(&validated));
+        let expected = format!("100 images: accuracy {:.2} %", views[key].as_f64().unwrap());
+        assert!(
+            text(&validated).contains(&expected),
+            "{expected}: {}",
+            text(&validated)
+        );
+    }
     let evaluated = run(&["eval", "--run-dir", run_dir, "--data-dir", &data]);
     assert!(!evaluated.status.success());
     assert!(
