@@ -313,6 +313,21 @@ fn pytorch_weights_are_imported_checked_and_served() {
     ]);
     assert!(served.status.success(), "{}", text(&served));
     assert_eq!(String::from_utf8_lossy(&served.stdout).lines().count(), 2);
+
+    // No training config came with the weights, so there is no validation split to use.
+    let validated = run(&[
+        "eval",
+        "--run-dir",
+        out.to_str().unwrap(),
+        "--split",
+        "valid",
+    ]);
+    assert!(!validated.status.success());
+    assert!(
+        text(&validated).contains("training-config.json"),
+        "{}",
+        text(&validated)
+    );
 }
 
 #[test]
