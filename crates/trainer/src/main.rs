@@ -230,13 +230,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let dataset = MnistDataset::load(&data.dir()?, split, &data_config)?;
             let evaluation = evaluation::evaluate(&model, &dataset, 500, views(tta), &device);
-            let views = if tta {
+            let how = if tta {
                 ", five shifted views per image"
             } else {
                 ""
             };
             println!(
-                "{} on {device:?}{views}: {name} {evaluation}",
+                "{} on {device:?}{how}: {name} {evaluation}",
                 run.path().display()
             );
             if split == Split::Test {

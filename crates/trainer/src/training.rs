@@ -232,7 +232,7 @@ pub fn train(
     let valid_loader = DataLoaderBuilder::new(MnistBatcher)
         .batch_size(config.batch_size)
         .num_workers(config.num_workers)
-        .build(valid_set);
+        .build(valid_set.clone());
     let scheduler = config.scheduler(config.epochs * steps_per_epoch)?;
     let learner = Learner::new(model, config.optimizer(), scheduler);
 
@@ -281,12 +281,12 @@ pub fn train(
     let history = history::read(run.path());
     let (best, exported_epoch) = best_epoch(result.model, &history, config, run, device)?;
     let (model, average) = match config.average_last {
-        Some(count) => prefer_average(count, best, &history, config, data_dir, run, device)?,
+        Some(count) => prefer_average(count, best, &history, config, &valid_set, run, device)?,
         None => (best, None),
     };
     artifact::save(&model, &config.model, run.path())?;
     charts::learning_curves(&history, run.path())?;
-    let valid_views = compare_views(&model, config, data_dir, device)?;
+    let valid_views = compare_views(&model, config, &valid_set, device);
 
     // The test set is touched once, here, by the exported model.
     let test = match testing {
@@ -401,7 +401,7 @@ fn prefer_average(
     best: Vit,
     history: &[EpochMetrics],
     config: &TrainingConfig,
-    data_dir: &Path,
+    valid_set: &MnistDataset,
     run: &RunDir,
     device: &Device,
 ) -> anyhow::Result<(Vit, Option<AverageCheck>)> {
@@ -424,11 +424,10 @@ fn prefer_average(
     }
     let mean = averaging::average(&models)?;
 
-    let valid_set = MnistDataset::load(data_dir, Split::Valid, &config.data)?;
     let batch_size = config.batch_size.max(500);
     let best_epoch_valid_accuracy =
-        evaluate(&best, &valid_set, batch_size, Views::Single, device).accuracy;
-    let valid_accuracy = evaluate(&mean, &valid_set, batch_size, Views::Single, device).accuracy;
+        evaluate(&best, valid_set, batch_size, Views::Single, device).accuracy;
+    let valid_accuracy = evaluate(&mean, valid_set, batch_size, Views::Single, device).accuracy;
     let exported = valid_accuracy > best_epoch_valid_accuracy;
     let check = AverageCheck {
         first_epoch,
@@ -444,16 +443,15 @@ fn prefer_average(
 fn compare_views(
     model: &Vit,
     config: &TrainingConfig,
-    data_dir: &Path,
+    valid_set: &MnistDataset,
     device: &Device,
-) -> anyhow::Result<ViewsCheck> {
-    let valid_set = MnistDataset::load(data_dir, Split::Valid, &config.data)?;
+) -> ViewsCheck {
     let batch_size = config.batch_size.max(500);
-    let accuracy = |views| evaluate(model, &valid_set, batch_size, views, device).accuracy;
-    Ok(ViewsCheck {
+    let accuracy = |views| evaluate(model, valid_set, batch_size, views, device).accuracy;
+    ViewsCheck {
         single: accuracy(Views::Single),
         shifted: accuracy(Views::Shifted),
-    })
+    }
 }
 
 /// The ViT of a training checkpoint (a [`Classifier`] record), on the plain `device`.
