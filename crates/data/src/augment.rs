@@ -1,5 +1,5 @@
 //! On-the-fly random augmentation of training images: an affine transform (rotation,
-//! translation, scale) and optionally an elastic distortion (Simard et al., 2003: a random
+//! translation, scale, slant) and optionally an elastic distortion (Simard et al., 2003: a random
 //! displacement field, smoothed by a Gaussian and scaled).
 //! Each draw is seeded by (run seed, image index, how often that image was drawn), so a run is
 //! reproducible whatever order the loader's worker threads fetch items in, and each epoch sees
@@ -39,6 +39,10 @@ pub struct AugmentConfig {
     /// Standard deviation, in pixels, of the Gaussian that smooths the elastic field.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub elastic_sigma: f32,
+    /// Slant (a horizontal shear), uniform in ± this many degrees: how far writers lean their
+    /// vertical strokes. 0 turns it off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shear_degrees: f32,
 }
 
 fn is_zero(value: &f32) -> bool {
@@ -53,6 +57,7 @@ impl AugmentConfig {
             ("scale", self.scale, 0.99),
             ("elastic_alpha", self.elastic_alpha, 100.0),
             ("elastic_sigma", self.elastic_sigma, IMAGE_SIDE as f32 / 2.0),
+            ("shear_degrees", self.shear_degrees, 45.0),
         ];
         for (name, value, max) in fields {
             if !(0.0..=max).contains(&value) {
@@ -68,16 +73,21 @@ impl AugmentConfig {
         Ok(())
     }
 
-    /// One random transform.
+    /// One random transform. The slant is drawn only when it is on, so configs without it
+    /// see the same draws as before it existed.
     pub fn sample(&self, rng: &mut SplitMix64) -> Transform {
-        let affine = Affine {
+        let mut affine = Affine {
             rotation_degrees: rng.symmetric(self.rotation_degrees),
             translate: (
                 rng.symmetric(self.translate_pixels),
                 rng.symmetric(self.translate_pixels),
             ),
             scale: 1.0 + rng.symmetric(self.scale),
+            ..Affine::IDENTITY
         };
+        if self.shear_degrees > 0.0 {
+            affine.shear_degrees = rng.symmetric(self.shear_degrees);
+        }
         let elastic = (self.elastic_alpha > 0.0).then(|| {
             Box::new(ElasticField::sample(
                 self.elastic_alpha,
@@ -151,13 +161,15 @@ fn smooth(values: &[f32; PIXELS], kernel: &[f32]) -> [f32; PIXELS] {
     pass(&pass(values, (1, 0)), (0, 1))
 }
 
-/// Rotate (counter-clockwise as seen on screen) and scale about the centre, then shift.
+/// Slant, rotate (counter-clockwise as seen on screen) and scale about the centre, then shift.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Affine {
     pub rotation_degrees: f32,
     /// (right, down) in pixels.
     pub translate: (f32, f32),
     pub scale: f32,
+    /// Horizontal shear: positive leans the top of the image to the right, like italics.
+    pub shear_degrees: f32,
 }
 
 impl Affine {
@@ -165,6 +177,7 @@ impl Affine {
         rotation_degrees: 0.0,
         translate: (0.0, 0.0),
         scale: 1.0,
+        shear_degrees: 0.0,
     };
 
     /// The transformed image: each output pixel samples the input bilinearly at the inverse
@@ -180,15 +193,17 @@ impl Affine {
         displacement: impl Fn(usize) -> (f32, f32),
     ) -> [u8; PIXELS] {
         let (sin, cos) = self.rotation_degrees.to_radians().sin_cos();
+        let lean = self.shear_degrees.to_radians().tan();
         let mut out = [0u8; PIXELS];
         for y in 0..IMAGE_SIDE {
             for x in 0..IMAGE_SIDE {
                 let (right, down) = displacement(y * IMAGE_SIDE + x);
-                // Undo the shift, the scale, then the rotation (by −θ).
+                // Undo the shift, the scale, the rotation (by −θ), then the slant.
                 let dx = (x as f32 + right - CENTRE - self.translate.0) / self.scale;
                 let dy = (y as f32 + down - CENTRE - self.translate.1) / self.scale;
-                let source_x = CENTRE + dx * cos - dy * sin;
-                let source_y = CENTRE + dx * sin + dy * cos;
+                let (ux, uy) = (dx * cos - dy * sin, dx * sin + dy * cos);
+                let source_x = CENTRE + ux + lean * uy;
+                let source_y = CENTRE + uy;
                 out[y * IMAGE_SIDE + x] = bilinear(pixels, source_x, source_y);
             }
         }
@@ -356,6 +371,69 @@ mod tests {
     }
 
     #[test]
+    fn a_positive_slant_leans_a_vertical_stroke_to_the_right() {
+        let stroke: [u8; PIXELS] =
+            std::array::from_fn(|i| if i % IMAGE_SIDE == 13 { 255 } else { 0 });
+        let slant = Affine {
+            shear_degrees: 20.0,
+            ..Affine::IDENTITY
+        };
+        let leaned = slant.apply(&stroke);
+        let lean = 20f32.to_radians().tan();
+        for y in [4, 9, 18, 23] {
+            let row = &leaned[y * IMAGE_SIDE..(y + 1) * IMAGE_SIDE];
+            let ink: f32 = row.iter().map(|&v| f32::from(v)).sum();
+            let centre_x: f32 = row
+                .iter()
+                .enumerate()
+                .map(|(x, &v)| x as f32 * f32::from(v))
+                .sum::<f32>()
+                / ink;
+            let expected = 13.0 - lean * (y as f32 - CENTRE);
+            assert!(
+                (centre_x - expected).abs() < 0.05,
+                "row {y}: ink centred at {centre_x}, expected {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_slant_is_drawn_last_so_configs_without_it_keep_their_draws() {
+        let without = AugmentConfig {
+            rotation_degrees: 10.0,
+            translate_pixels: 2.0,
+            scale: 0.1,
+            ..AugmentConfig::default()
+        };
+        let with = AugmentConfig {
+            shear_degrees: 10.0,
+            ..without.clone()
+        };
+        let (mut plain, mut slanted) = (SplitMix64::new(5), SplitMix64::new(5));
+        let (a, b) = (
+            without.sample(&mut plain).affine,
+            with.sample(&mut slanted).affine,
+        );
+        assert_eq!(
+            a,
+            Affine {
+                shear_degrees: 0.0,
+                ..b
+            }
+        );
+        assert_ne!(b.shear_degrees, 0.0);
+        let mut four_draws = SplitMix64::new(5);
+        (0..4).for_each(|_| {
+            four_draws.symmetric(1.0);
+        });
+        assert_eq!(
+            plain.symmetric(1.0),
+            four_draws.symmetric(1.0),
+            "without a slant, a transform takes four draws, as before"
+        );
+    }
+
+    #[test]
     fn draws_are_reproducible_and_differ_between_epochs() {
         let items = vec![
             MnistItem {
@@ -397,6 +475,11 @@ mod tests {
             ..AugmentConfig::default()
         };
         assert!(bad.validate().unwrap_err().contains("scale"));
+        let bad = AugmentConfig {
+            shear_degrees: 60.0,
+            ..AugmentConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("shear_degrees"));
     }
 
     #[test]
