@@ -62,7 +62,12 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
 
 fn trainer(command: &str, args: &[String]) -> Result<ExitCode, String> {
     let (backend, trainer_args) = take_backend(args)?;
-    let mut cargo = cargo(&["run", "--quiet", "--package", "vit-trainer"]);
+    // Not `--quiet`: the first build of Burn takes minutes, and cargo's progress shows it.
+    eprintln!(
+        "building the trainer with the {backend} backend (the first build compiles Burn: \
+         about 10 minutes on 2 cores; later ones take seconds)"
+    );
+    let mut cargo = cargo(&["run", "--package", "vit-trainer"]);
     cargo.args(["--no-default-features", "--features", &backend]);
     cargo.arg("--").arg(command).args(trainer_args);
     prepare(&backend, &mut cargo)?;

@@ -76,4 +76,6 @@ pub enum DataError {
         path: PathBuf,
         source: image::ImageError,
     },
+    #[error("{}: no digit found: the image is blank", path.display())]
+    Blank { path: PathBuf },
 }

@@ -11,7 +11,8 @@ use crate::{DataError, IMAGE_SIDE};
 /// Side of the box the digit is scaled into, as in MNIST.
 const DIGIT_BOX: u32 = 20;
 
-/// Reads a PNG or JPEG file and converts it with [`image_to_mnist`].
+/// Reads a PNG or JPEG file and converts it with [`image_to_mnist`]; an image with no ink
+/// (one colour throughout) is an error, not a guess.
 pub fn image_file_to_mnist(path: &Path) -> Result<[u8; IMAGE_SIDE * IMAGE_SIDE], DataError> {
     let image = image::ImageReader::open(path)
         .map_err(|source| DataError::Io {
@@ -28,19 +29,20 @@ pub fn image_file_to_mnist(path: &Path) -> Result<[u8; IMAGE_SIDE * IMAGE_SIDE],
             path: path.into(),
             source,
         })?;
-    Ok(image_to_mnist(&image))
+    image_to_mnist(&image).ok_or_else(|| DataError::Blank { path: path.into() })
 }
 
 /// Converts an image of any size. A 28×28 image that is already white on black is kept as it
 /// is; anything else is inverted if its background is light, cropped to the ink, scaled and
-/// centred. A blank image becomes a black one.
-pub fn image_to_mnist(image: &DynamicImage) -> [u8; IMAGE_SIDE * IMAGE_SIDE] {
+/// centred. A blank image (no pixel differs from the background) has no digit: `None`.
+pub fn image_to_mnist(image: &DynamicImage) -> Option<[u8; IMAGE_SIDE * IMAGE_SIDE]> {
     let gray = flatten_alpha(image);
     let background = border_median(&gray);
     let light_background = background > 127;
     let side = IMAGE_SIDE as u32;
     if gray.dimensions() == (side, side) && !light_background {
-        return to_array(&gray);
+        let pixels = to_array(&gray);
+        return pixels.iter().any(|&v| v > 0).then_some(pixels);
     }
 
     // Ink is how far a pixel is from the background, stretched to 0..=255.
@@ -53,7 +55,7 @@ pub fn image_to_mnist(image: &DynamicImage) -> [u8; IMAGE_SIDE * IMAGE_SIDE] {
     };
     let darkest = gray.pixels().map(|p| ink_of(p.0[0])).max().unwrap_or(0);
     if darkest == 0 {
-        return [0; IMAGE_SIDE * IMAGE_SIDE];
+        return None;
     }
     let ink = GrayImage::from_fn(gray.width(), gray.height(), |x, y| {
         Luma([(u32::from(ink_of(gray.get_pixel(x, y).0[0])) * 255 / u32::from(darkest)) as u8])
@@ -73,7 +75,7 @@ pub fn image_to_mnist(image: &DynamicImage) -> [u8; IMAGE_SIDE * IMAGE_SIDE] {
     let top = ((centre - cy).round() as i64).clamp(0, i64::from(side - height));
     let mut canvas = GrayImage::new(side, side);
     imageops::overlay(&mut canvas, &digit, left, top);
-    to_array(&canvas)
+    Some(to_array(&canvas))
 }
 
 /// Grayscale, with transparent parts shown over white paper.
@@ -136,7 +138,7 @@ mod tests {
         let gray = GrayImage::from_fn(28, 28, |x, y| {
             Luma([((x * 7 + y) % 200) as u8 * u8::from(x > 20)])
         });
-        let converted = image_to_mnist(&DynamicImage::ImageLuma8(gray.clone()));
+        let converted = image_to_mnist(&DynamicImage::ImageLuma8(gray.clone())).unwrap();
         assert_eq!(converted.as_slice(), gray.as_raw().as_slice());
     }
 
@@ -150,7 +152,7 @@ mod tests {
                 255
             }])
         });
-        let converted = image_to_mnist(&DynamicImage::ImageLuma8(page));
+        let converted = image_to_mnist(&DynamicImage::ImageLuma8(page)).unwrap();
         let at = |x: usize, y: usize| converted[y * 28 + x];
         // The bar is 100 tall → 20 pixels; 40 wide → 8 pixels, centred on (14, 14).
         assert_eq!(at(14, 14), 255, "the bar's middle is white ink");
@@ -161,9 +163,25 @@ mod tests {
     }
 
     #[test]
-    fn a_blank_image_becomes_black() {
-        let blank = DynamicImage::ImageLuma8(GrayImage::from_pixel(50, 40, Luma([200])));
-        assert!(image_to_mnist(&blank).iter().all(|&v| v == 0));
+    fn a_blank_image_has_no_digit() {
+        let blanks = [
+            GrayImage::from_pixel(50, 40, Luma([200])),
+            GrayImage::from_pixel(1, 1, Luma([128])),
+            GrayImage::from_pixel(5000, 1, Luma([0])),
+            GrayImage::from_pixel(28, 28, Luma([0])),
+        ];
+        for blank in blanks {
+            let size = blank.dimensions();
+            assert_eq!(image_to_mnist(&DynamicImage::ImageLuma8(blank)), None, "{size:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gray.png");
+        GrayImage::from_pixel(1, 1, Luma([128])).save(&path).unwrap();
+        let error = image_file_to_mnist(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("gray.png") && error.contains("no digit found"),
+            "{error}"
+        );
     }
 
     #[test]

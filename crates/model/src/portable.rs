@@ -154,6 +154,13 @@ impl Probe {
     /// The largest absolute difference between the probe's logits and `model`'s for its images.
     pub fn max_abs_diff(&self, model: &Vit) -> Result<f32, String> {
         let expected = self.logits.dims();
+        let [_, channels, height, width] = self.images.dims();
+        if [channels, height, width] != model.input_shape() {
+            return Err(format!(
+                "the probe's images are {channels}×{height}×{width}, the model reads {:?}",
+                model.input_shape()
+            ));
+        }
         let actual = model.forward(self.images.clone());
         if actual.dims() != expected {
             return Err(format!(
@@ -285,6 +292,17 @@ mod tests {
         assert_eq!(probe.max_abs_diff(&model), Ok(0.0));
         let other = config.init(&device).unwrap();
         assert!(probe.max_abs_diff(&other).unwrap() > PROBE_TOLERANCE);
+
+        // A probe of 35×35 images for a model of 28×28 ones is refused, not run.
+        let larger = VitConfig {
+            image_size: 35,
+            ..config.clone()
+        };
+        let wide = Probe::record(&larger.init(&device).unwrap(), {
+            Tensor::zeros([2, 1, 35, 35], &device)
+        });
+        let error = wide.max_abs_diff(&model).unwrap_err();
+        assert!(error.contains("1×35×35"), "{error}");
     }
 
     #[test]

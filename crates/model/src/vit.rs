@@ -146,6 +146,18 @@ impl Vit {
         self.head.forward(class_output) // [batch, classes]
     }
 
+    /// The `[channels, height, width]` of the images this network reads, from its weights.
+    pub fn input_shape(&self) -> [usize; 3] {
+        let [_, tokens, _] = self.position_embedding.dims();
+        let patches_per_side = ((tokens - 1) as f64).sqrt().round() as usize;
+        let side = patches_per_side * self.patch_size;
+        let channels = match self.stem.first() {
+            Some(convolution) => convolution.weight.dims()[1],
+            None => self.patch_embedding.weight.dims()[0] / (self.patch_size * self.patch_size),
+        };
+        [channels, side, side]
+    }
+
     /// Class probabilities `[batch, classes]`: the softmax of [`Vit::forward`].
     pub fn predict(&self, images: Tensor<4>) -> Tensor<2> {
         burn::tensor::activation::softmax(self.forward(images), 1)
@@ -197,8 +209,7 @@ fn self_attention(
     batch: usize,
     kept: usize,
 ) -> Tensor<2> {
-    let [rows, dim] = x.dims();
-    let tokens = rows / batch;
+    let dim = x.dims()[1];
     let (heads, head_dim) = (attention.n_heads, attention.d_k);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let projections = [
@@ -225,19 +236,8 @@ fn self_attention(
                 });
             Tensor::cat(biases.collect(), 0)
         });
-    let [query, key, value]: [Tensor<4>; 3] = linear(x, weight, bias)
-        .reshape([batch, tokens, 3 * heads, head_dim])
-        .swap_dims(1, 2) // [batch, 3 * heads, tokens, head_dim]
-        .chunk(3, 1)
-        .try_into()
-        .expect("three chunks of equal size");
-    let query = query.narrow(2, 0, kept);
-    let scores = query.matmul(key.transpose()); // [batch, heads, kept, tokens]
-    let weights = attention.dropout.forward(fused::softmax(scores));
-    let context = weights
-        .matmul(value) // [batch, heads, kept, head_dim]
-        .swap_dims(1, 2)
-        .reshape([batch * kept, dim]);
+    let qkv = linear(x, weight, bias); // [batch * tokens, 3 * dim]
+    let context = fused::attention(qkv, batch, heads, kept, &attention.dropout);
     attention.output.forward(context)
 }
 
@@ -285,6 +285,7 @@ mod tests {
             stem_channels: Vec::new(),
         };
         let model = config.init(&device).unwrap();
+        assert_eq!(model.input_shape(), [3, 12, 12]);
         let logits = model.forward(Tensor::ones([2, 3, 12, 12], &device));
         assert_eq!(logits.dims(), [2, 5]);
 
@@ -293,6 +294,7 @@ mod tests {
             ..config
         };
         let model = with_stem.init(&device).unwrap();
+        assert_eq!(model.input_shape(), [3, 12, 12]);
         let logits = model.forward(Tensor::ones([2, 3, 12, 12], &device));
         assert_eq!(logits.dims(), [2, 5]);
         // Two 3×3 convolutions (3→4, 4→6) with biases, and a patch embedding from 4·4·6 values.

@@ -113,6 +113,27 @@ fn default_epsilon() -> f32 {
     1e-8
 }
 
+/// Digit classes in MNIST.
+const MNIST_CLASSES: usize = 10;
+
+/// Validates `model` and checks that it takes what the MNIST pipeline gives (one-channel 28×28
+/// images) and answers its ten classes: a model built otherwise would panic on the first batch
+/// or train on labels it cannot output. The error names the key and its value.
+pub fn check_fits_mnist(model: &VitConfig) -> anyhow::Result<()> {
+    model.validate()?;
+    let expected = [
+        ("image_size", model.image_size, vit_data::IMAGE_SIDE),
+        ("channels", model.channels, 1),
+        ("num_classes", model.num_classes, MNIST_CLASSES),
+    ];
+    for (key, value, wanted) in expected {
+        if value != wanted {
+            bail!("model.{key} {value} must be {wanted} for MNIST");
+        }
+    }
+    Ok(())
+}
+
 impl TrainingConfig {
     /// Reads, parses and validates a config file, naming the file in any error.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
@@ -127,7 +148,7 @@ impl TrainingConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.model.validate()?;
+        check_fits_mnist(&self.model)?;
         let lr = self.optimizer.learning_rate;
         if !(lr > 0.0 && lr <= 1.0) {
             bail!("optimizer.learning_rate {lr} must be in (0, 1]");
@@ -145,6 +166,18 @@ impl TrainingConfig {
                 "optimizer.weight_decay {} must be at least 0",
                 self.optimizer.weight_decay
             );
+        }
+        for (name, beta) in [
+            ("beta_1", self.optimizer.beta_1),
+            ("beta_2", self.optimizer.beta_2),
+        ] {
+            if !(0.0..1.0).contains(&beta) {
+                bail!("optimizer.{name} {beta} must be in [0, 1)");
+            }
+        }
+        let epsilon = self.optimizer.epsilon;
+        if !(epsilon > 0.0 && epsilon.is_finite()) {
+            bail!("optimizer.epsilon {epsilon} must be greater than 0");
         }
         if let Some(norm) = self.optimizer.grad_clip_norm
             && !(norm > 0.0)
@@ -383,6 +416,121 @@ mod tests {
             config.augment, None,
             "the tutorial trains on the images as they are"
         );
+    }
+
+    /// Each invalid value of each key, as a user could write it in the JSON file: the load
+    /// fails, and the error names the key and the value.
+    #[test]
+    fn every_checked_key_names_itself_when_wrong() {
+        let cases: [(&str, serde_json::Value, &str); 20] = [
+            ("/model/image_size", 35.into(), "image_size 35"),
+            ("/model/image_size", 0.into(), "image_size"),
+            ("/model/channels", 3.into(), "channels 3"),
+            ("/model/num_classes", 5.into(), "num_classes 5"),
+            ("/model/num_classes", 11.into(), "num_classes 11"),
+            ("/model/patch_size", 5.into(), "patch_size 5"),
+            ("/model/heads", 7.into(), "heads 7"),
+            ("/model/dim", 0.into(), "dim"),
+            ("/model/dropout", 1.0.into(), "dropout 1"),
+            ("/optimizer/beta_1", 1.0.into(), "beta_1 1"),
+            ("/optimizer/beta_1", (-0.1).into(), "beta_1 -0.1"),
+            ("/optimizer/beta_2", 1.5.into(), "beta_2 1.5"),
+            ("/optimizer/epsilon", 0.0.into(), "epsilon 0"),
+            ("/optimizer/weight_decay", (-1.0).into(), "weight_decay -1"),
+            ("/optimizer/learning_rate", 0.0.into(), "learning_rate 0"),
+            ("/optimizer/grad_clip_norm", 0.0.into(), "grad_clip_norm 0"),
+            ("/label_smoothing", 1.0.into(), "label_smoothing 1"),
+            ("/batch_size", 0.into(), "batch_size"),
+            ("/epochs", 0.into(), "epochs"),
+            ("/average_last", 1.into(), "average_last 1"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let preset: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(configs_dir().join("vit-mnist-tutorial.json")).unwrap(),
+        )
+        .unwrap();
+        for (pointer, value, expected) in cases {
+            let mut json = preset.clone();
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            let section = if parent.is_empty() {
+                &mut json
+            } else {
+                json.pointer_mut(parent).unwrap()
+            };
+            section[key] = value.clone();
+            let path = dir.path().join("bad.json");
+            std::fs::write(&path, json.to_string()).unwrap();
+            let error = format!("{:#}", TrainingConfig::load(&path).unwrap_err());
+            assert!(
+                error.contains(expected) && error.contains("bad.json"),
+                "{pointer} = {value}: {error}"
+            );
+        }
+    }
+
+    /// The JSON pointers of every leaf value in `json`.
+    fn leaves(json: &serde_json::Value, at: String, out: &mut Vec<String>) {
+        match json {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    leaves(value, format!("{at}/{key}"), out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (index, value) in items.iter().enumerate() {
+                    leaves(value, format!("{at}/{index}"), out);
+                }
+            }
+            _ => out.push(at),
+        }
+    }
+
+    fn any_json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            (-1e3f64..1e3).prop_map(Value::from),
+            Just(json!(0)),
+            Just(json!(-1)),
+            Just(json!(1)),
+            Just(json!(1e30)),
+            Just(json!(-0.5)),
+            Just(json!(null)),
+            Just(json!("adam")),
+            Just(json!(true)),
+            Just(json!([])),
+            Just(json!({})),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any one leaf of any preset replaced by any value: the reader gives an error or a
+        /// config whose optimiser and schedule can be built, and never panics.
+        #[test]
+        fn a_mutated_preset_is_an_error_or_a_usable_config(
+            preset in proptest::sample::select(vec![
+                "vit-mnist-tutorial.json",
+                "vit-mnist-best.json",
+                "vit-mnist-augmented.json",
+                "smoke.json",
+            ]),
+            leaf in proptest::prelude::any::<proptest::sample::Index>(),
+            value in any_json_value(),
+        ) {
+            let text = std::fs::read_to_string(configs_dir().join(preset)).unwrap();
+            let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let mut pointers = Vec::new();
+            leaves(&json, String::new(), &mut pointers);
+            let pointer: &String = leaf.get(&pointers);
+            *json.pointer_mut(pointer).unwrap() = value;
+            if let Ok(config) = serde_json::from_value::<TrainingConfig>(json)
+                && config.validate().is_ok()
+            {
+                config.optimizer();
+                let _ = config.scheduler(config.epochs * config.steps_per_epoch(55_000));
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `infer`: the predicted digit and class probabilities for image files or an IDX file.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use vit_data::{IMAGE_SIDE, idx, image_file_to_mnist};
@@ -15,44 +15,36 @@ pub struct Input {
     pub pixels: [u8; IMAGE_SIDE * IMAGE_SIDE],
 }
 
-/// Reads PNG / JPEG files (any size) and IDX image files (every image in them, up to `limit`).
-pub fn read_inputs(paths: &[PathBuf], limit: usize) -> anyhow::Result<Vec<Input>> {
-    let mut inputs = Vec::new();
-    for path in paths {
-        if is_picture(path)? {
-            let pixels = image_file_to_mnist(path)?;
-            inputs.push(Input {
-                name: path.display().to_string(),
-                pixels,
-            });
-            continue;
-        }
-        let images = idx::read_images(path).with_context(|| {
-            format!(
-                "{} is neither a PNG/JPEG image nor an IDX image file",
-                path.display()
-            )
-        })?;
-        anyhow::ensure!(
-            (images.rows, images.cols) == (IMAGE_SIDE, IMAGE_SIDE),
-            "{}: images are {}x{}, the model reads {IMAGE_SIDE}x{IMAGE_SIDE}",
-            path.display(),
-            images.rows,
-            images.cols
-        );
-        for (i, pixels) in images
-            .pixels
-            .chunks_exact(IMAGE_SIDE * IMAGE_SIDE)
-            .take(limit)
-            .enumerate()
-        {
-            let pixels = pixels.try_into().expect("chunks are one image long");
-            inputs.push(Input {
-                name: format!("{}[{i}]", path.display()),
-                pixels,
-            });
-        }
+/// Reads a PNG / JPEG file (any size) or an IDX image file (every image in it, up to `limit`).
+pub fn read_file(path: &Path, limit: usize) -> anyhow::Result<Vec<Input>> {
+    if is_picture(path)? {
+        let pixels = image_file_to_mnist(path)?;
+        let name = path.display().to_string();
+        return Ok(vec![Input { name, pixels }]);
     }
+    let images = idx::read_images(path).with_context(|| {
+        format!(
+            "{} is neither a PNG/JPEG image nor an IDX image file",
+            path.display()
+        )
+    })?;
+    anyhow::ensure!(
+        (images.rows, images.cols) == (IMAGE_SIDE, IMAGE_SIDE),
+        "{}: images are {}x{}, the model reads {IMAGE_SIDE}x{IMAGE_SIDE}",
+        path.display(),
+        images.rows,
+        images.cols
+    );
+    let inputs = images
+        .pixels
+        .chunks_exact(IMAGE_SIDE * IMAGE_SIDE)
+        .take(limit)
+        .enumerate()
+        .map(|(i, pixels)| Input {
+            name: format!("{}[{i}]", path.display()),
+            pixels: pixels.try_into().expect("chunks are one image long"),
+        })
+        .collect();
     Ok(inputs)
 }
 
@@ -69,6 +61,26 @@ fn is_picture(path: &Path) -> anyhow::Result<bool> {
 /// Every input's pixels, one image after another, as [`vit_model::Predictor::predict`] takes them.
 pub fn pixels(inputs: &[Input]) -> Vec<u8> {
     inputs.iter().flat_map(|input| input.pixels).collect()
+}
+
+/// One JSON line for scripts: `{"path", "digit", "probabilities"}`.
+pub fn describe_json(input: &Input, probabilities: &[f32]) -> String {
+    let (digit, _) = vit_model::best(probabilities);
+    serde_json::json!({
+        "path": input.name,
+        "digit": digit,
+        "probabilities": probabilities,
+    })
+    .to_string()
+}
+
+/// One JSON line for a file that gave no prediction: `{"path", "error"}`.
+pub fn error_json(path: &Path, error: &anyhow::Error) -> String {
+    serde_json::json!({
+        "path": path.display().to_string(),
+        "error": format!("{error:#}"),
+    })
+    .to_string()
 }
 
 /// `name: 7 (99.81 %)  0:0.00 1:0.01 …` with the probabilities in percent.
@@ -108,7 +120,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("images-idx3-ubyte");
         std::fs::write(&path, idx::encode(&[3, 28, 28], &[7; 3 * 784])).unwrap();
-        let inputs = read_inputs(&[path], 2).unwrap();
+        let inputs = read_file(&path, 2).unwrap();
         assert_eq!(inputs.len(), 2);
         assert!(inputs[1].name.ends_with("images-idx3-ubyte[1]"));
     }
@@ -118,7 +130,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notes.txt");
         std::fs::write(&path, "hello, world").unwrap();
-        let error = format!("{:#}", read_inputs(&[path], 10).err().unwrap());
+        let error = format!("{:#}", read_file(&path, 10).err().unwrap());
         assert!(
             error.contains("notes.txt") && error.contains("neither"),
             "{error}"

@@ -2,7 +2,6 @@
 //! (cargo features `flex`, `ndarray`, `wgpu`, `tch`; with several, Burn picks one and the
 //! `BURN_DEVICE` variable can name another).
 
-mod backend;
 mod charts;
 mod config;
 mod evaluation;
@@ -23,7 +22,9 @@ use vit_data::{DataConfig, DataDirSource, MnistDataset, Split, download, resolve
 use vit_model::portable;
 use vit_model::{Views, artifact};
 
-use crate::config::TrainingConfig;
+use vit_trainer::backend;
+
+use crate::config::{TrainingConfig, check_fits_mnist};
 use crate::run_dir::{RunDir, default_run_name};
 
 #[derive(Parser)]
@@ -122,6 +123,10 @@ enum Command {
         /// Average each prediction over the image and its four one-pixel shifts.
         #[arg(long)]
         tta: bool,
+        /// One JSON object per line and image (path, digit, probabilities) or per bad file
+        /// (path, error), for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -223,7 +228,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tta,
         } => {
             let run = run.open()?;
-            let (model, _) = artifact::load(run.path(), &device)?;
+            let (model, model_config) = artifact::load(run.path(), &device)?;
+            check_fits_mnist(&model_config)
+                .with_context(|| format!("{}: not a model for MNIST", run.path().display()))?;
             let (split, data_config, name) = match split {
                 EvalSplit::Test => (Split::Test, DataConfig::default(), "test"),
                 EvalSplit::Valid => (Split::Valid, run_data_config(&run)?, "validation"),
@@ -282,15 +289,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             files,
             limit,
             tta,
+            json,
         } => {
             let run = run.open()?;
             let predictor = vit_model::load(run.path(), &device)
                 .with_context(|| format!("cannot load the model of {}", run.path().display()))?
                 .with_views(views(tta));
-            let inputs = infer::read_inputs(&files, limit)?;
-            let rows = predictor.predict(&infer::pixels(&inputs))?;
-            for (input, probabilities) in inputs.iter().zip(rows) {
-                println!("{}", infer::describe(input, &probabilities));
+            // Every good file is answered; each bad one is an error line, and the exit code
+            // says whether there was any.
+            let mut failed = 0;
+            for path in &files {
+                let answered = infer::read_file(path, limit).and_then(|inputs| {
+                    let rows = predictor.predict(&infer::pixels(&inputs))?;
+                    Ok(inputs.into_iter().zip(rows).collect::<Vec<_>>())
+                });
+                match answered {
+                    Ok(answers) => {
+                        for (input, probabilities) in answers {
+                            let line = if json {
+                                infer::describe_json(&input, &probabilities)
+                            } else {
+                                infer::describe(&input, &probabilities)
+                            };
+                            println!("{line}");
+                        }
+                    }
+                    Err(error) if json => {
+                        failed += 1;
+                        println!("{}", infer::error_json(path, &error));
+                    }
+                    Err(error) => {
+                        failed += 1;
+                        eprintln!("error: {error:#}");
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} files gave no prediction", files.len());
             }
         }
         Command::Import {
@@ -299,6 +334,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
         } => {
             let config = artifact::load_config(&model_config)?;
+            check_fits_mnist(&config)
+                .with_context(|| format!("{}: not a model for MNIST", model_config.display()))?;
+            let taken = out
+                .read_dir()
+                .is_ok_and(|mut entries| entries.next().is_some());
+            if taken || out.is_file() {
+                anyhow::bail!(
+                    "{} already exists: import writes a new run directory and never \
+                     overwrites one (choose another --out)",
+                    out.display()
+                );
+            }
             let model = portable::import_safetensors(&weights, &config, &device)?;
             let probe_path = weights.with_file_name(artifact::PROBE_FILE);
             if probe_path.is_file() {

@@ -7,7 +7,6 @@
 
 use std::ops::Range;
 
-use burn::backend::DispatchDevice;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
@@ -19,22 +18,11 @@ const MIN_SLICE: usize = 16;
 /// on flex and ndarray, none (1) on libtorch and GPUs, which parallelise each operation
 /// themselves (tch measured slower with slices: 49 against 36 ms a step).
 pub fn step_slices(device: &Device, batch: usize) -> usize {
-    if !runs_ops_on_one_thread(device) {
+    if !vit_model::fused::runs_on_host(device) {
         return 1;
     }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     cores.min(batch / MIN_SLICE).max(1)
-}
-
-/// Whether `device` belongs to a backend that runs most operations on one thread.
-fn runs_ops_on_one_thread(device: &Device) -> bool {
-    match device.as_dispatch().clone().inner() {
-        #[cfg(feature = "flex")]
-        DispatchDevice::Flex(_) => true,
-        #[cfg(feature = "ndarray")]
-        DispatchDevice::NdArray(_) => true,
-        _ => false,
-    }
 }
 
 /// `0..batch` cut into `slices` ranges whose lengths differ by at most one.

@@ -115,6 +115,40 @@ fn train_then_eval_then_infer_on_synthetic_digits() {
         text(&inferred)
     );
 
+    // One bad file among good ones: every good file is answered, each bad one named, exit 1.
+    let blank = work.path().join("blank.png");
+    image::GrayImage::from_pixel(1, 1, image::Luma([128]))
+        .save(&blank)
+        .unwrap();
+    let notes = work.path().join("notes.txt");
+    std::fs::write(&notes, "not an image").unwrap();
+    let files = [&png, &blank, &notes, &png].map(|path| path.to_str().unwrap().to_string());
+    let mixed: Vec<&str> = ["infer", "--run-dir", run_dir]
+        .into_iter()
+        .chain(files.iter().map(String::as_str))
+        .collect();
+    let output = run(&mixed);
+    let out = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert_eq!(out.matches("seven.png: 7 (").count(), 2, "{out}");
+    assert!(out.contains("blank.png: no digit found"), "{out}");
+    assert!(out.contains("notes.txt is neither"), "{out}");
+    assert!(out.contains("2 of 4 files gave no prediction"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+
+    let json: Vec<&str> = mixed.iter().copied().chain(["--json"]).collect();
+    let output = run(&json);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{}", text(&output));
+    assert_eq!(lines[0]["digit"], 7);
+    assert_eq!(lines[0]["probabilities"].as_array().unwrap().len(), 10);
+    assert!(lines[1]["error"].as_str().unwrap().contains("no digit found"));
+    assert!(lines[2]["path"].as_str().unwrap().ends_with("notes.txt"));
+
     let again = run(&train_bars);
     assert!(!again.status.success());
     assert!(

@@ -178,11 +178,11 @@ pub(super) fn host_softmax_backward<B: Backend>(
 }
 
 /// A tensor's values on the host, in row-major order.
-fn host<B: Backend>(tensor: FloatTensor<B>) -> TensorData {
+pub(super) fn host<B: Backend>(tensor: FloatTensor<B>) -> TensorData {
     read_sync(B::float_into_data(tensor)).expect("a CPU backend's tensor is readable")
 }
 
-fn f32s(data: &TensorData) -> &[f32] {
+pub(super) fn f32s(data: &TensorData) -> &[f32] {
     data.as_slice::<f32>()
         .expect("the callers send f32 tensors only")
 }

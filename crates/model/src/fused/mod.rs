@@ -1,4 +1,5 @@
-//! LayerNorm and softmax as single operations with hand-written backward passes.
+//! LayerNorm, softmax and multi-head self-attention as single operations with hand-written
+//! backward passes.
 //!
 //! Burn's autodiff backend differentiates `layer_norm` and `softmax` through their default,
 //! composed forms: nine operations for a LayerNorm and five for a softmax, each recorded in the
@@ -14,6 +15,9 @@
 //! built with (its features `flex`, `ndarray`, `tch`, `wgpu`); on any other device, and for
 //! tensors that are not `f32`, [`layer_norm`] and [`softmax`] use Burn's composed operations, so
 //! the result never depends on how the crate was built, only the speed.
+//!
+//! [`attention`] is routed on flex and ndarray only (the module `attention` says
+//! why); libtorch and GPUs run their batched matrix products well and take the composed form.
 // ndarray and tch are deprecated upstream; this project still supports both.
 #![allow(deprecated)]
 
@@ -26,16 +30,21 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     Autodiff, Backend, Dispatch, DispatchDevice, TensorMetadata, backend_extension,
 };
+use burn::nn::Dropout;
 use burn::tensor::{DType, Device, Tensor};
+
+use attention::{Sizes, host_attention, host_attention_backward};
 
 use backward::{
     all_f32, composed_layer_norm_backward, composed_softmax_backward, host_layer_norm_backward,
     host_softmax_backward,
 };
 
+mod attention;
 mod backward;
 #[cfg(feature = "tch")]
 mod libtorch;
+mod simd;
 
 /// The fused operations, for every backend this crate routes to.
 #[backend_extension(
@@ -60,6 +69,46 @@ pub trait FusedOps: Backend {
     fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let last = x.shape().num_dims() - 1;
         Self::softmax(x, last)
+    }
+
+    /// Multi-head self-attention from the projection `qkv` `[images * tokens, 3 * dim]`
+    /// (queries already scaled, then keys, then values, each as `heads` runs of columns), for
+    /// the first `kept` tokens of each image: the context `[images * kept, dim]`.
+    fn fused_attention(
+        qkv: FloatTensor<Self>,
+        images: usize,
+        heads: usize,
+        kept: usize,
+    ) -> FloatTensor<Self> {
+        let sizes = Sizes::of::<Self>(&qkv, images, heads, kept);
+        host_attention::<Self>(qkv, sizes, false).0
+    }
+
+    /// [`FusedOps::fused_attention`]'s context and its attention weights
+    /// `[images, heads, kept, tokens]`, which its backward pass reads.
+    fn attention_with_weights(
+        qkv: FloatTensor<Self>,
+        images: usize,
+        heads: usize,
+        kept: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let sizes = Sizes::of::<Self>(&qkv, images, heads, kept);
+        let (context, weights) = host_attention::<Self>(qkv, sizes, true);
+        (context, weights.expect("weights were asked for"))
+    }
+
+    /// The gradient of [`FusedOps::fused_attention`] for its projection, given the gradient of
+    /// its context.
+    fn attention_backward(
+        qkv: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        images: usize,
+        heads: usize,
+        kept: usize,
+    ) -> FloatTensor<Self> {
+        let sizes = Sizes::of::<Self>(&qkv, images, heads, kept);
+        host_attention_backward::<Self>(qkv, weights, grad, sizes)
     }
 
     /// The gradients of [`FusedOps::fused_layer_norm`] for `x`, `gamma` and `beta`, given the
@@ -118,9 +167,79 @@ pub fn softmax<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     }
 }
 
+/// Multi-head self-attention of `heads` heads over the tokens of `images` images, from their
+/// projection `qkv` `[images * tokens, 3 * dim]`: queries (already scaled by
+/// `1/sqrt(head_dim)`), keys and values, each as `heads` runs of `head_dim` columns. Returns
+/// the context of the first `kept` tokens of each image, `[images * kept, dim]`, heads side by
+/// side in each row, with `dropout` applied to the attention weights.
+///
+/// One operation on flex and ndarray (without dropout, for heads of 8, 16 or 32 values);
+/// Burn's batched matrix products elsewhere.
+pub fn attention(
+    qkv: Tensor<2>,
+    images: usize,
+    heads: usize,
+    kept: usize,
+    dropout: &Dropout,
+) -> Tensor<2> {
+    let head_dim = qkv.dims()[1] / 3 / heads;
+    if dropout.prob == 0.0
+        && attention::HEAD_DIMS.contains(&head_dim)
+        && routed(&qkv)
+        && runs_on_host(&qkv.device())
+    {
+        Tensor::from_dispatch(<Dispatch as FusedOps>::fused_attention(
+            qkv.into_dispatch(),
+            images,
+            heads,
+            kept,
+        ))
+    } else {
+        composed_attention(qkv, images, heads, kept, dropout)
+    }
+}
+
+/// [`attention`] from Burn's operations.
+pub fn composed_attention(
+    qkv: Tensor<2>,
+    images: usize,
+    heads: usize,
+    kept: usize,
+    dropout: &Dropout,
+) -> Tensor<2> {
+    let [rows, columns] = qkv.dims();
+    let (tokens, dim) = (rows / images, columns / 3);
+    let [query, key, value]: [Tensor<4>; 3] = qkv
+        .reshape([images, tokens, 3 * heads, dim / heads])
+        .swap_dims(1, 2) // [images, 3 * heads, tokens, head_dim]
+        .chunk(3, 1)
+        .try_into()
+        .expect("three chunks of equal size");
+    let query = query.narrow(2, 0, kept);
+    let scores = query.matmul(key.transpose()); // [images, heads, kept, tokens]
+    let weights = dropout.forward(softmax(scores));
+    weights
+        .matmul(value) // [images, heads, kept, head_dim]
+        .swap_dims(1, 2)
+        .reshape([images * kept, dim])
+}
+
 /// Whether `x` lives on a backend the extension is built for, in `f32`.
 fn routed<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && supports(&x.device())
+}
+
+/// Whether `device` belongs to a CPU backend whose operations run on the host, mostly on one
+/// thread each (flex, ndarray): the backends with host kernels here.
+pub fn runs_on_host(device: &Device) -> bool {
+    #[allow(unreachable_patterns)]
+    match device.as_dispatch().clone().inner() {
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => true,
+        #[cfg(feature = "ndarray")]
+        DispatchDevice::NdArray(_) => true,
+        _ => false,
+    }
 }
 
 /// Whether this build of the crate runs [`layer_norm`] and [`softmax`] as fused operations on
@@ -200,6 +319,55 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 gamma.into_primitive(),
                 beta.into_primitive(),
                 epsilon,
+            )),
+        }
+    }
+
+    fn fused_attention(
+        qkv: FloatTensor<Self>,
+        images: usize,
+        heads: usize,
+        kept: usize,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct AttentionBackward;
+
+        impl<B: FusedOps> Backward<B, 1> for AttentionBackward {
+            /// The projection, the attention weights, and images, heads and kept tokens.
+            type State = (FloatTensor<B>, FloatTensor<B>, [usize; 3]);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [qkv_node] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (qkv, weights, [images, heads, kept]) = ops.state;
+                if let Some(node) = qkv_node {
+                    let grad = B::attention_backward(qkv, weights, grad, images, heads, kept);
+                    grads.register::<B>(node.id, grad);
+                }
+            }
+        }
+
+        match AttentionBackward
+            .prepare::<C>([qkv.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let qkv = qkv.into_primitive();
+                let (context, weights) =
+                    B::attention_with_weights(qkv.clone(), images, heads, kept);
+                prep.finish((qkv, weights, [images, heads, kept]), context)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(
+                qkv.into_primitive(),
+                images,
+                heads,
+                kept,
             )),
         }
     }

@@ -21,6 +21,8 @@ use std::process::Command;
 
 use burn::prelude::*;
 
+use vit_trainer::backend::compiled;
+
 use measure::{Figures, measure, phases};
 use report::{Report, Round};
 
@@ -148,21 +150,12 @@ impl Options {
     }
 }
 
-fn compiled() -> Vec<&'static str> {
-    let mut names = vec!["flex", "ndarray"];
-    if cfg!(feature = "tch") {
-        names.push("tch");
-    }
-    if cfg!(feature = "wgpu") {
-        names.push("wgpu");
-    }
-    names
-}
-
 #[allow(deprecated)]
 fn device(backend: &str) -> Device {
     match backend {
+        #[cfg(feature = "flex")]
         "flex" => Device::flex(),
+        #[cfg(feature = "ndarray")]
         "ndarray" => Device::ndarray(),
         #[cfg(feature = "tch")]
         "tch" => Device::libtorch(),

@@ -1,0 +1,153 @@
+//! What the host kernels need to use the CPU's vector units from stable Rust: a way to run a
+//! kernel compiled for AVX2 where the CPU has it (the crate itself is built for baseline
+//! x86-64, whose vectors hold 4 floats), and reductions and an `exp` written so that the
+//! compiler can vectorize them (a plain float sum is a chain it must keep in order).
+
+/// Lanes of the partial sums in [`dot`] and [`sum`]: one AVX2 vector of `f32`.
+const LANES: usize = 8;
+
+/// Whether this CPU runs the kernels' AVX2 versions (the detection is cached by std).
+#[inline(always)]
+pub(super) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `vectorized!(fn name(arguments) => body)` defines `name`, which runs `body` (an
+/// `#[inline(always)]` function, as are all it calls) compiled with AVX2 and FMA when this CPU
+/// has them, and as compiled otherwise. Code is compiled for the features of the function it
+/// ends up in, so `body` is inlined into one function of each kind.
+macro_rules! vectorized {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $type:ty),* $(,)?) => $body:path) => {
+        $(#[$doc])*
+        fn $name($($arg: $type),*) {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::fused::simd::has_avx2() {
+                #[target_feature(enable = "avx2,fma")]
+                fn with_avx2($($arg: $type),*) {
+                    $body($($arg),*)
+                }
+                // SAFETY: the CPU has both features, checked just above.
+                return unsafe { with_avx2($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(super) use vectorized;
+
+/// `Σ a_i · b_i` over the shorter of the two, in [`LANES`] partial sums.
+#[inline(always)]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (a, b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a
+        .remainder()
+        .iter()
+        .zip(b.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    let mut lanes = [0.0f32; LANES];
+    for (a, b) in a.zip(b) {
+        for lane in 0..LANES {
+            lanes[lane] += a[lane] * b[lane];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `Σ x_i`, in [`LANES`] partial sums.
+#[inline(always)]
+pub(super) fn sum(x: &[f32]) -> f32 {
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    let mut lanes = [0.0f32; LANES];
+    for chunk in chunks {
+        for lane in 0..LANES {
+            lanes[lane] += chunk[lane];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The largest of `x` (a NaN may be skipped), in [`LANES`] partial maxima.
+#[inline(always)]
+pub(super) fn max(x: &[f32]) -> f32 {
+    let chunks = x.chunks_exact(LANES);
+    let mut largest = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, b| if *b > a { *b } else { a });
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for chunk in chunks {
+        for lane in 0..LANES {
+            if chunk[lane] > lanes[lane] {
+                lanes[lane] = chunk[lane];
+            }
+        }
+    }
+    for lane in lanes {
+        if lane > largest {
+            largest = lane;
+        }
+    }
+    largest
+}
+
+/// `e^x` to within 2 ulp for `x` in [-87, 88] (0 below, `e^88` above), from arithmetic the
+/// compiler can vectorize: `e^x = 2^k · e^r` with `k = round(x / ln 2)`, `|r| ≤ ln 2 / 2`,
+/// and `e^r` as its Taylor polynomial of degree 7 (Horner).
+#[inline(always)]
+pub(super) fn exp(x: f32) -> f32 {
+    const LN_2_HIGH: f32 = 0.693_145_75;
+    const LN_2_LOW: f32 = 1.428_606_8e-6;
+    let clamped = x.clamp(-87.0, 88.0);
+    let k = (clamped * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = clamped - k * LN_2_HIGH - k * LN_2_LOW;
+    let mut p = 1.0 / 5040.0;
+    for coefficient in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = p * r + coefficient;
+    }
+    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    let value = p * scale;
+    if x < -87.0 { 0.0 } else { value }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_of_the_standard_one() {
+        let mut worst = 0.0f32;
+        for step in -86_999..=87_999 {
+            let x = step as f32 * 1e-3;
+            let (fast, exact) = (exp(x), (x as f64).exp() as f32);
+            let ulp = (exact.to_bits() as i64 - fast.to_bits() as i64).abs() as f32;
+            worst = worst.max(ulp);
+        }
+        assert!(worst <= 2.0, "{worst} ulp");
+        assert_eq!(exp(-200.0), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn lane_sums_give_the_plain_sums() {
+        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..19).map(|i| 1.0 - i as f32 * 0.25).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(a, b)| a * b).sum();
+        assert!((dot(&a, &b) - plain).abs() < 1e-4);
+        assert_eq!(sum(&a), a.iter().sum::<f32>());
+    }
+}
