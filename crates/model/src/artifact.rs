@@ -66,11 +66,23 @@ pub fn save(model: &Vit, config: &VitConfig, dir: &Path) -> Result<(), ArtifactE
         .clone()
         .save_file(&record_path)
         .map_err(|error| ArtifactError::Io {
-            path: record_path,
+            path: record_path.clone(),
             source: std::io::Error::other(format!("{error:?}")),
         })?;
 
     portable::export_safetensors(model, &dir.join(SAFETENSORS_FILE))?;
+    // Burn writes both through a temporary file of mode 0600; give them the permissions of a
+    // file written the ordinary way, as the config is.
+    let ordinary = fs::metadata(&config_path)
+        .map(|metadata| metadata.permissions())
+        .map_err(|source| ArtifactError::Io {
+            path: config_path.clone(),
+            source,
+        })?;
+    for path in [record_path, dir.join(SAFETENSORS_FILE)] {
+        fs::set_permissions(&path, ordinary.clone())
+            .map_err(|source| ArtifactError::Io { path, source })?;
+    }
     let side = config.image_size;
     let images = Tensor::random(
         [PROBE_SIZE, config.channels, side, side],
@@ -176,6 +188,14 @@ mod tests {
         let (loaded, loaded_config) = load(dir.path(), &device).unwrap();
 
         assert_eq!(loaded_config, config);
+        let modes: Vec<_> = [CONFIG_FILE, RECORD_FILE, SAFETENSORS_FILE, PROBE_FILE]
+            .iter()
+            .map(|name| fs::metadata(dir.path().join(name)).unwrap().permissions())
+            .collect();
+        assert!(
+            modes.iter().all(|mode| *mode == modes[0]),
+            "every exported file has the config's permissions: {modes:?}"
+        );
         let before = model.forward(images.clone()).into_data();
         let after = loaded.forward(images).into_data();
         assert_eq!(

@@ -332,6 +332,11 @@ fn pytorch_weights_are_imported_checked_and_served() {
         "{}",
         text(&imported)
     );
+    let model_before = std::fs::read(out.join("model.bpk")).unwrap();
+    let again = import(&weights, &config, &out);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    assert_eq!(std::fs::read(out.join("model.bpk")).unwrap(), model_before);
 
     let images = work.path().join("bars-idx3-ubyte");
     std::fs::write(
