@@ -172,11 +172,17 @@ mod tests {
         ];
         for blank in blanks {
             let size = blank.dimensions();
-            assert_eq!(image_to_mnist(&DynamicImage::ImageLuma8(blank)), None, "{size:?}");
+            assert_eq!(
+                image_to_mnist(&DynamicImage::ImageLuma8(blank)),
+                None,
+                "{size:?}"
+            );
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gray.png");
-        GrayImage::from_pixel(1, 1, Luma([128])).save(&path).unwrap();
+        GrayImage::from_pixel(1, 1, Luma([128]))
+            .save(&path)
+            .unwrap();
         let error = image_file_to_mnist(&path).unwrap_err().to_string();
         assert!(
             error.contains("gray.png") && error.contains("no digit found"),

@@ -7,11 +7,10 @@ use burn::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::transformer::{PositionWiseFeedForward, PositionWiseFeedForwardConfig};
 use burn::nn::{
-    Dropout, DropoutConfig, Gelu, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+    Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
     PaddingConfig2d,
 };
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 use burn::tensor::module::linear;
 
 use crate::{ConfigError, VitConfig, fused};
@@ -46,7 +45,6 @@ struct EncoderBlock {
 #[derive(Module, Debug)]
 struct MlpHead {
     hidden: Linear,
-    activation: Gelu,
     output: Linear,
 }
 
@@ -96,7 +94,6 @@ impl VitConfig {
             blocks: (0..self.depth).map(|_| block()).collect(),
             head: MlpHead {
                 hidden: LinearConfig::new(self.dim, self.mlp_dim).init(device),
-                activation: Gelu::new(),
                 output: LinearConfig::new(self.mlp_dim, self.num_classes).init(device),
             },
             patch_size: self.patch_size,
@@ -109,10 +106,9 @@ impl Vit {
     /// sides are the configured image size (normalised as in training).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         // [batch, patch channels, height, width]
-        let images = self
-            .stem
-            .iter()
-            .fold(images, |map, convolution| gelu(convolution.forward(map)));
+        let images = self.stem.iter().fold(images, |map, convolution| {
+            fused::gelu(convolution.forward(map))
+        });
         let [batch, channels, height, width] = images.dims();
         let patch = self.patch_size;
         let (rows, cols) = (height / patch, width / patch);
@@ -171,8 +167,15 @@ impl EncoderBlock {
         let normed = normalize(&self.attention_norm, x.clone());
         let x = first_tokens(x, batch, kept) + self_attention(&self.attention, normed, batch, kept);
         let normed = normalize(&self.mlp_norm, x.clone());
-        x + self.mlp.forward(normed)
+        x + feed_forward(&self.mlp, normed)
     }
+}
+
+/// Burn's `PositionWiseFeedForward` (Linear → GELU, its default activation, which the config
+/// keeps → dropout → Linear) with the fused GELU.
+fn feed_forward(mlp: &PositionWiseFeedForward, x: Tensor<2>) -> Tensor<2> {
+    let hidden = fused::gelu(mlp.linear_inner.forward(x));
+    mlp.linear_outer.forward(mlp.dropout.forward(hidden))
 }
 
 /// `layer` applied to the rows of `x`, as one fused operation where the backend has it.
@@ -252,8 +255,7 @@ fn scaled<const D: usize>(tensor: Tensor<D>, factor: f32) -> Tensor<D> {
 
 impl MlpHead {
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.output
-            .forward(self.activation.forward(self.hidden.forward(x)))
+        self.output.forward(fused::gelu(self.hidden.forward(x)))
     }
 }
 

@@ -174,7 +174,7 @@ fn assert_close(what: &str, fused: &[Vec<f32>], composed: &[Vec<f32>]) {
     }
 }
 
-/// The model's fused LayerNorm and softmax give Burn's own results and gradients on every
+/// The model's fused LayerNorm, softmax and GELU give Burn's own results and gradients on every
 /// backend, over more rows than one task of the host kernels takes.
 #[test]
 fn fused_operations_match_burns_composed_ones_on_every_backend() {
@@ -220,7 +220,26 @@ fn fused_operations_match_burns_composed_ones_on_every_backend() {
         });
         let what = format!("softmax on {name} (results: output, then the input's gradient)");
         assert_close(&what, &fused, &composed);
-        println!("{name}: fused LayerNorm and softmax agree with Burn's");
+
+        // GELU over [-7, 7], where the exact CDF's tails matter. Burn's default
+        // `gelu_backward` (ndarray's, wgpu's) differentiates the tanh approximation instead of
+        // the exact GELU its forward pass computes, off by up to 2e-3; where the fused GELU
+        // runs (flex, ndarray) it is held to flex's exact gradient, elsewhere it is Burn's.
+        let gelu_of = |device: &Device, op: &dyn Fn(Tensor<2>) -> Tensor<2>| {
+            let x = wavy([rows, features], 8.0, device).mul_scalar(3.5);
+            let weights = wavy([rows, features], 9.0, device);
+            values_and_gradients(&[x], &weights, |[x]| op(x.clone()))
+        };
+        let fused = gelu_of(&device, &|x| vit_model::fused::gelu(x));
+        let reference = if vit_model::fused::runs_on_host(&device) {
+            Device::flex().autodiff()
+        } else {
+            device.clone()
+        };
+        let composed = gelu_of(&reference, &|x| burn::tensor::activation::gelu(x));
+        let what = format!("GELU on {name} (results: output, then the input's gradient)");
+        assert_close(&what, &fused, &composed);
+        println!("{name}: fused LayerNorm, softmax and GELU agree with Burn's");
     }
 }
 

@@ -146,7 +146,12 @@ fn train_then_eval_then_infer_on_synthetic_digits() {
     assert_eq!(lines.len(), 4, "{}", text(&output));
     assert_eq!(lines[0]["digit"], 7);
     assert_eq!(lines[0]["probabilities"].as_array().unwrap().len(), 10);
-    assert!(lines[1]["error"].as_str().unwrap().contains("no digit found"));
+    assert!(
+        lines[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no digit found")
+    );
     assert!(lines[2]["path"].as_str().unwrap().ends_with("notes.txt"));
 
     let again = run(&train_bars);

@@ -7,6 +7,14 @@ use burn::backend::libtorch::TchTensor;
 use burn::backend::tensor::FloatTensor;
 
 impl FusedOps for LibTorch {
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as burn::backend::ops::ActivationOps<Self>>::gelu(x)
+    }
+
+    fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as burn::backend::ops::ActivationOps<Self>>::gelu_backward(x, grad)
+    }
+
     fn layer_norm_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,

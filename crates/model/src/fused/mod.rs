@@ -34,6 +34,7 @@ use burn::nn::Dropout;
 use burn::tensor::{DType, Device, Tensor};
 
 use attention::{Sizes, host_attention, host_attention_backward};
+use exact_gelu::{host_gelu, host_gelu_backward};
 
 use backward::{
     all_f32, composed_layer_norm_backward, composed_softmax_backward, host_layer_norm_backward,
@@ -42,6 +43,7 @@ use backward::{
 
 mod attention;
 mod backward;
+mod exact_gelu;
 #[cfg(feature = "tch")]
 mod libtorch;
 mod simd;
@@ -69,6 +71,24 @@ pub trait FusedOps: Backend {
     fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let last = x.shape().num_dims() - 1;
         Self::softmax(x, last)
+    }
+
+    /// GELU, `x · Φ(x)` with the exact normal CDF.
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        if all_f32::<Self>(&[&x]) {
+            host_gelu::<Self>(x)
+        } else {
+            Self::gelu(x)
+        }
+    }
+
+    /// The gradient of [`FusedOps::fused_gelu`] for its input, given the gradient of its output.
+    fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        if all_f32::<Self>(&[&x, &grad]) {
+            host_gelu_backward::<Self>(x, grad)
+        } else {
+            Self::gelu_backward(x, grad)
+        }
     }
 
     /// Multi-head self-attention from the projection `qkv` `[images * tokens, 3 * dim]`
@@ -164,6 +184,16 @@ pub fn softmax<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax(x.into_dispatch()))
     } else {
         burn::tensor::activation::softmax(x, D - 1)
+    }
+}
+
+/// GELU with the exact normal CDF: one host sweep with a vectorized `erf` on flex and
+/// ndarray (forward and backward), Burn's `gelu` elsewhere.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if routed(&x) && runs_on_host(&x.device()) {
+        Tensor::from_dispatch(<Dispatch as FusedOps>::fused_gelu(x.into_dispatch()))
+    } else {
+        burn::tensor::activation::gelu(x)
     }
 }
 
@@ -372,6 +402,41 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct GeluBackward;
+
+        impl<B: FusedOps> Backward<B, 1> for GeluBackward {
+            /// The input of the forward pass.
+            type State = FloatTensor<B>;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [x_node] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                if let Some(node) = x_node {
+                    grads.register::<B>(node.id, B::fused_gelu_backward(ops.state, grad));
+                }
+            }
+        }
+
+        match GeluBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = x.into_primitive();
+                prep.finish(x.clone(), B::fused_gelu(x))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_gelu(x.into_primitive())),
+        }
+    }
+
     fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct SoftmaxBackward;
@@ -416,6 +481,14 @@ impl FusedOps for burn::backend::NdArray {}
 
 #[cfg(feature = "wgpu")]
 impl FusedOps for burn::backend::Cube {
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as burn::backend::ops::ActivationOps<Self>>::gelu(x)
+    }
+
+    fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as burn::backend::ops::ActivationOps<Self>>::gelu_backward(x, grad)
+    }
+
     fn layer_norm_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,

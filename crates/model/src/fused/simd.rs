@@ -119,7 +119,12 @@ pub(super) fn exp(x: f32) -> f32 {
     ] {
         p = p * r + coefficient;
     }
-    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    // `as i32` saturates and maps NaN to 0, which compiles to scalar code; `k` is a whole
+    // number in [-126, 127] for every input but NaN.
+    let k = if k.is_nan() { 0.0 } else { k };
+    // SAFETY: `k` is finite and in i32's range (see above).
+    let exponent = unsafe { k.to_int_unchecked::<i32>() };
+    let scale = f32::from_bits(((exponent + 127) as u32) << 23);
     let value = p * scale;
     if x < -87.0 { 0.0 } else { value }
 }
