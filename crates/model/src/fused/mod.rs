@@ -289,6 +289,34 @@ pub fn supports(device: &Device) -> bool {
     }
 }
 
+/// The backward step of a one-input operation that keeps one tensor of its forward pass (its
+/// input for GELU, its output for softmax): the function turns that tensor and the gradient of
+/// the output into the gradient of the input.
+struct SavedTensorBackward<B: Backend>(fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>);
+
+impl<B: Backend> std::fmt::Debug for SavedTensorBackward<B> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("SavedTensorBackward")
+    }
+}
+
+impl<B: FusedOps> Backward<B, 1> for SavedTensorBackward<B> {
+    type State = FloatTensor<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [x_node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = x_node {
+            grads.register::<B>(node.id, (self.0)(ops.state, grad));
+        }
+    }
+}
+
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn fused_layer_norm(
         x: FloatTensor<Self>,
@@ -403,32 +431,8 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct GeluBackward;
-
-        impl<B: FusedOps> Backward<B, 1> for GeluBackward {
-            /// The input of the forward pass.
-            type State = FloatTensor<B>;
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [x_node] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                if let Some(node) = x_node {
-                    grads.register::<B>(node.id, B::fused_gelu_backward(ops.state, grad));
-                }
-            }
-        }
-
-        match GeluBackward
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful()
-        {
+        let backward = SavedTensorBackward::<B>(B::fused_gelu_backward);
+        match backward.prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let x = x.into_primitive();
                 prep.finish(x.clone(), B::fused_gelu(x))
@@ -438,32 +442,8 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 
     fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct SoftmaxBackward;
-
-        impl<B: FusedOps> Backward<B, 1> for SoftmaxBackward {
-            /// The output of the forward pass.
-            type State = FloatTensor<B>;
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [x_node] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                if let Some(node) = x_node {
-                    grads.register::<B>(node.id, B::softmax_backward(ops.state, grad));
-                }
-            }
-        }
-
-        match SoftmaxBackward
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful()
-        {
+        let backward = SavedTensorBackward::<B>(B::softmax_backward);
+        match backward.prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let output = B::fused_softmax(x.into_primitive());
                 prep.finish(output.clone(), output)
