@@ -2,7 +2,7 @@
 """The PyTorch twin of the Rust ViT (crates/model/src/vit.rs), for moving weights both ways.
 
 Same architecture, same config JSON (model-config.json), same tensor names as the Rust side's
-model.safetensors (documented in crates/model/src/portable.rs). A model-probe.safetensors holds
+model.safetensors (documented in crates/model/src/interchange.rs). A model-probe.safetensors holds
 a few input images with the logits one side computed for them; the other side checks that it
 computes the same logits.
 

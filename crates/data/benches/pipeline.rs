@@ -12,6 +12,7 @@ use burn::data::dataset::{Dataset, InMemDataset};
 use burn::prelude::*;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vit_data::augment::{AugmentConfig, AugmentedDataset};
+use vit_data::epochs::EpochClock;
 use vit_data::{DataConfig, MnistBatcher, MnistDataset, MnistItem, Split};
 
 const BATCH: usize = 100;
@@ -59,8 +60,18 @@ fn pipeline(c: &mut Criterion) {
         elastic_sigma: 4.0,
         ..augment.clone()
     };
-    let distorted = AugmentedDataset::new(InMemDataset::new(items.clone()), elastic, 1);
-    let augmented = AugmentedDataset::new(InMemDataset::new(items), augment, 1);
+    let distorted = AugmentedDataset::new(
+        InMemDataset::new(items.clone()),
+        elastic,
+        1,
+        EpochClock::starting_at(1),
+    );
+    let augmented = AugmentedDataset::new(
+        InMemDataset::new(items),
+        augment,
+        1,
+        EpochClock::starting_at(1),
+    );
 
     let mut group = c.benchmark_group("data_pipeline");
     group.throughput(Throughput::Elements(BATCH as u64));

@@ -1,17 +1,14 @@
 //! On-the-fly random augmentation of training images: an affine transform (rotation,
 //! translation, scale, slant) and optionally an elastic distortion (Simard et al., 2003: a random
 //! displacement field, smoothed by a Gaussian and scaled).
-//! Each draw is seeded by (run seed, image index, how often that image was drawn), so a run is
-//! reproducible whatever order the loader's worker threads fetch items in, and each epoch sees
-//! a new variant of every image.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+//! Each draw is seeded by (run seed, image index, epoch), so a run is reproducible whatever
+//! order the loader's worker threads fetch items in and whichever launch trains an epoch.
 
 use burn::data::dataset::{Dataset, DatasetError};
 use image::{GrayImage, Luma};
 use serde::{Deserialize, Serialize};
 
+use crate::epochs::EpochClock;
 use crate::rng::SplitMix64;
 use crate::{IMAGE_SIDE, MnistItem};
 
@@ -228,22 +225,23 @@ fn bilinear(pixels: &[u8; PIXELS], x: f32, y: f32) -> u8 {
     (top * (1.0 - fy) + bottom * fy).round().clamp(0.0, 255.0) as u8
 }
 
-/// A dataset whose every `get` returns a freshly transformed copy of the inner item.
+/// A dataset whose every `get` returns a transformed copy of the inner item, drawn for the
+/// epoch the [`EpochClock`] shows: each epoch sees a new variant of every image, and the same
+/// one whichever launch of the run trains that epoch.
 pub struct AugmentedDataset<D> {
     inner: D,
     config: AugmentConfig,
     seed: u64,
-    draws: Arc<Vec<AtomicU64>>,
+    clock: EpochClock,
 }
 
 impl<D: Dataset<MnistItem>> AugmentedDataset<D> {
-    pub fn new(inner: D, config: AugmentConfig, seed: u64) -> Self {
-        let draws = Arc::new((0..inner.len()).map(|_| AtomicU64::new(0)).collect());
+    pub fn new(inner: D, config: AugmentConfig, seed: u64, clock: EpochClock) -> Self {
         Self {
             inner,
             config,
             seed,
-            draws,
+            clock,
         }
     }
 }
@@ -251,7 +249,8 @@ impl<D: Dataset<MnistItem>> AugmentedDataset<D> {
 impl<D: Dataset<MnistItem>> Dataset<MnistItem> for AugmentedDataset<D> {
     fn get(&self, index: usize) -> Result<MnistItem, DatasetError> {
         let mut item = self.inner.get(index)?;
-        let draw = self.draws[index].fetch_add(1, Ordering::Relaxed);
+        // Epoch e is the image's draw e - 1, as when draws were counted per image.
+        let draw = self.clock.current().saturating_sub(1) as u64;
         let mut rng = SplitMix64::for_stream(&[self.seed, index as u64, draw]);
         item.pixels = self.config.sample(&mut rng).apply(&item.pixels);
         Ok(item)
@@ -448,18 +447,28 @@ mod tests {
             scale: 0.1,
             ..AugmentConfig::default()
         };
-        let first = AugmentedDataset::new(InMemDataset::new(items.clone()), config.clone(), 9);
-        let second = AugmentedDataset::new(InMemDataset::new(items), config, 9);
-        let epoch_one = first.get(1).unwrap();
-        assert_eq!(
-            epoch_one,
-            second.get(1).unwrap(),
-            "same seed, index and draw"
+        let clock = EpochClock::starting_at(1);
+        let first = AugmentedDataset::new(
+            InMemDataset::new(items.clone()),
+            config.clone(),
+            9,
+            clock.clone(),
         );
-        assert_ne!(
-            epoch_one,
-            first.get(1).unwrap(),
-            "the next draw of the same image differs"
+        clock.advance();
+        let epoch_one = first.get(1).unwrap();
+        assert_eq!(epoch_one, first.get(1).unwrap(), "one draw per epoch");
+        clock.advance();
+        let epoch_two = first.get(1).unwrap();
+        assert_ne!(epoch_one, epoch_two, "the next epoch's draw differs");
+
+        let resumed_clock = EpochClock::starting_at(2);
+        let resumed =
+            AugmentedDataset::new(InMemDataset::new(items), config, 9, resumed_clock.clone());
+        resumed_clock.advance();
+        assert_eq!(
+            resumed.get(1).unwrap(),
+            epoch_two,
+            "epoch 2 of a resumed run"
         );
     }
 

@@ -1,17 +1,13 @@
 //! Fetching MNIST when it is not on disk. Several public mirrors are tried in order. The `.gz`
 //! bytes differ between correct copies, but the decompressed IDX content does not, so that is
-//! what each download is checked against. Files are written to a temporary name in the target
-//! directory and renamed only once they check out.
+//! what each download is checked against, in memory, before it is written (atomically) into
+//! the cache. Files already in the cache are checked the same way each time they are used.
 
-use std::fs::File;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use flate2::read::GzDecoder;
-use sha2::{Digest, Sha256};
-
-use crate::{DataError, FILES};
+use crate::{DataError, FILES, idx};
 
 /// Public copies of the MNIST files, tried in this order (`<mirror><file>.gz`).
 pub const MIRRORS: [&str; 3] = [
@@ -33,6 +29,9 @@ pub const MIRRORS_VAR: &str = "MNIST_MIRRORS";
 
 /// No MNIST file is anywhere near this large; a server that sends more is wrong.
 const MAX_DOWNLOAD_BYTES: u64 = 128 << 20;
+/// The largest MNIST file holds 47,040,016 bytes of content; a download that inflates past
+/// this is refused as soon as it does, not after filling memory or disk.
+pub const MAX_CONTENT_BYTES: u64 = 64 << 20;
 
 /// The mirrors to use: `$MNIST_MIRRORS` if set, else [`MIRRORS`].
 pub fn mirrors() -> Vec<String> {
@@ -44,11 +43,38 @@ pub fn mirrors() -> Vec<String> {
     }
 }
 
-/// Downloads every standard MNIST file that `dir` lacks (as `NAME` or `NAME.gz`).
+/// Downloads every standard MNIST file that `dir` lacks (as `NAME` or `NAME.gz`) and checks
+/// the content of those it has.
 pub fn ensure_mnist(dir: &Path, mirrors: &[String]) -> Result<(), DataError> {
-    for (name, sha256) in FILES.iter().zip(SHA256) {
-        if !dir.join(name).is_file() && !dir.join(format!("{name}.gz")).is_file() {
-            fetch_file(dir, name, sha256, mirrors)?;
+    let expected: Vec<(&str, &str)> = FILES.into_iter().zip(SHA256).collect();
+    ensure_files(dir, &expected, mirrors)
+}
+
+/// For each `(name, content SHA-256)`: a file found in `dir` must have that content (a cache
+/// can rot); a missing one is fetched from the mirrors.
+pub fn ensure_files(
+    dir: &Path,
+    expected: &[(&str, &str)],
+    mirrors: &[String],
+) -> Result<(), DataError> {
+    for &(name, sha256) in expected {
+        let found = [dir.join(format!("{name}.gz")), dir.join(name)]
+            .into_iter()
+            .find(|path| path.is_file());
+        match found {
+            Some(path) => {
+                let content = idx::content_sha256(&path)?;
+                if content != sha256 {
+                    return Err(DataError::WrongContent {
+                        path,
+                        found: content,
+                        expected: sha256.into(),
+                    });
+                }
+            }
+            None => {
+                fetch_file(dir, name, sha256, mirrors)?;
+            }
         }
     }
     Ok(())
@@ -67,25 +93,28 @@ pub fn fetch_file(
         source,
     })?;
     let target = dir.join(format!("{name}.gz"));
-    let partial = dir.join(format!("{name}.gz.partial"));
     let mut failures = Vec::new();
     for mirror in mirrors {
         let url = format!("{mirror}{name}.gz");
-        let outcome = download(&url, &partial).and_then(|()| content_sha256(&partial));
+        let outcome = download(&url).and_then(|bytes| {
+            let found = idx::bytes_content_sha256(&bytes, MAX_CONTENT_BYTES)
+                .map_err(|error| error.to_string())?;
+            Ok((bytes, found))
+        });
         match outcome {
-            Ok(found) if found == sha256 => {
-                std::fs::rename(&partial, &target).map_err(|source| DataError::Io {
-                    path: target.clone(),
-                    source,
-                })?;
+            Ok((bytes, found)) if found == sha256 => {
+                vit_model::artifact::write_atomically(&target, |file| file.write_all(&bytes))
+                    .map_err(|source| DataError::Io {
+                        path: target.clone(),
+                        source,
+                    })?;
                 return Ok(target);
             }
-            Ok(found) => failures.push(format!(
+            Ok((_, found)) => failures.push(format!(
                 "{url}: wrong content (SHA-256 {found}, expected {sha256})"
             )),
             Err(reason) => failures.push(format!("{url}: {reason}")),
         }
-        let _ = std::fs::remove_file(&partial);
     }
     Err(DataError::Download {
         file: format!("{name}.gz"),
@@ -94,8 +123,8 @@ pub fn fetch_file(
     })
 }
 
-/// Streams `url` into `path`, with a progress bar on a terminal.
-fn download(url: &str, path: &Path) -> Result<(), String> {
+/// The body of `url`, at most [`MAX_DOWNLOAD_BYTES`], with a progress bar on a terminal.
+fn download(url: &str) -> Result<Vec<u8>, String> {
     let agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(15)))
         .timeout_recv_body(Some(Duration::from_secs(300)))
@@ -108,8 +137,7 @@ fn download(url: &str, path: &Path) -> Result<(), String> {
         .into_with_config()
         .limit(MAX_DOWNLOAD_BYTES)
         .reader();
-    let mut file =
-        File::create(path).map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+    let mut bytes = Vec::new();
     let mut progress = Progress::new(url, total);
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
@@ -119,36 +147,11 @@ fn download(url: &str, path: &Path) -> Result<(), String> {
         if n == 0 {
             break;
         }
-        file.write_all(&buffer[..n])
-            .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+        bytes.extend_from_slice(&buffer[..n]);
         progress.advance(n as u64);
     }
     progress.finish();
-    file.sync_all()
-        .map_err(|error| format!("cannot write {}: {error}", path.display()))
-}
-
-/// SHA-256 of the file's content, decompressed if it is gzipped.
-fn content_sha256(path: &Path) -> Result<String, String> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|error| error.to_string())?;
-    let mut hasher = Sha256::new();
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut content = Vec::new();
-        GzDecoder::new(bytes.as_slice())
-            .read_to_end(&mut content)
-            .map_err(|error| format!("not a complete gzip file: {error}"))?;
-        hasher.update(&content);
-    } else {
-        hasher.update(&bytes);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(bytes)
 }
 
 /// A one-line progress bar on stderr when it is a terminal; a start and an end line otherwise.

@@ -71,11 +71,13 @@ pub enum DataError {
         dir: PathBuf,
         attempts: String,
     },
-    #[error("{path}: cannot read as an image: {source}")]
-    Image {
+    #[error(
+        "{path}: wrong content (SHA-256 {found}, expected {expected}): the file is damaged or \
+         not the standard MNIST file. Delete it and it is downloaded again."
+    )]
+    WrongContent {
         path: PathBuf,
-        source: image::ImageError,
+        found: String,
+        expected: String,
     },
-    #[error("{}: no digit found: the image is blank", path.display())]
-    Blank { path: PathBuf },
 }

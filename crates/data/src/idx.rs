@@ -154,6 +154,42 @@ fn read_body(
     Ok(body)
 }
 
+/// SHA-256 of a file's IDX content (decompressed if gzipped), read under the same bound as
+/// [`read_images`]: content beyond what the file's size can hold is an error, not a stall.
+pub fn content_sha256(path: &Path) -> Result<String, DataError> {
+    let (reader, max_content) = open(path)?;
+    bounded_sha256(reader, max_content).map_err(|source| io_error(path, source))
+}
+
+/// [`content_sha256`] of a file's bytes still in memory (a download before it is stored), with
+/// the content also bounded by `most`: what no file of the expected kind exceeds.
+pub fn bytes_content_sha256(bytes: &[u8], most: u64) -> std::io::Result<String> {
+    let size = bytes.len() as u64;
+    if bytes.starts_with(&GZIP_MAGIC) {
+        let bound = size.saturating_mul(MAX_GZIP_RATIO).min(most);
+        bounded_sha256(GzDecoder::new(bytes), bound)
+    } else {
+        bounded_sha256(bytes, size.min(most))
+    }
+}
+
+fn bounded_sha256(reader: impl Read, max_content: u64) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let read = std::io::copy(&mut reader.take(max_content.saturating_add(1)), &mut hasher)?;
+    if read > max_content {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("its content runs past {max_content} bytes, more than it can hold"),
+        ));
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// Like `read_exact`, but reports how many bytes there were instead of failing.
 fn read_up_to(reader: &mut dyn Read, buffer: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;

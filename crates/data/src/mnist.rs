@@ -12,7 +12,7 @@ use crate::DataError;
 use crate::idx::{read_images, read_labels};
 
 /// Side of an MNIST image, in pixels.
-pub const IMAGE_SIDE: usize = 28;
+pub const IMAGE_SIDE: usize = vit_model::mnist_style::IMAGE_SIDE;
 const PIXELS: usize = IMAGE_SIDE * IMAGE_SIDE;
 
 /// The four standard files: (train images, train labels, test images, test labels).
@@ -160,6 +160,29 @@ impl Dataset<MnistItem> for MnistDataset {
     fn len(&self) -> usize {
         self.len
     }
+}
+
+/// The content SHA-256 (decompressed) of the standard files in `dir` that `splits` read, by
+/// name: what a run records to know, when it is resumed, that it reads the data it started
+/// with. A missing file is the same error as for [`MnistDataset::load`].
+pub fn content_sha256s(dir: &Path, splits: &[Split]) -> Result<Vec<(String, String)>, DataError> {
+    let reads_training_file = splits.iter().any(|split| *split != Split::Test);
+    let reads_test_file = splits.contains(&Split::Test);
+    // FILES holds the two training files, then the two test files.
+    let read = [
+        reads_training_file,
+        reads_training_file,
+        reads_test_file,
+        reads_test_file,
+    ];
+    let paths = locate_files(dir)?;
+    FILES
+        .iter()
+        .zip(paths)
+        .zip(read)
+        .filter(|(_, read)| *read)
+        .map(|((name, path), _)| Ok((name.to_string(), crate::idx::content_sha256(&path)?)))
+        .collect()
 }
 
 /// Finds each standard file in `dir`, gzipped (`NAME.gz`) or not (`NAME`).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
-use vit_data::download::{ensure_mnist, fetch_file};
+use vit_data::download::{MAX_CONTENT_BYTES, ensure_files, ensure_mnist, fetch_file};
 use vit_data::idx::encode;
 use vit_data::{DataConfig, MnistDataset, Split};
 
@@ -205,6 +205,57 @@ fn ensure_fetches_only_what_is_missing_and_the_result_loads() {
     );
     assert_eq!(burn::data::dataset::Dataset::len(&test.unwrap()), 3);
 
-    // With every file present, ensure_mnist asks no mirror at all.
-    ensure_mnist(dir.path(), &["http://127.0.0.1:9/never/".into()]).unwrap();
+    // With every file present and sound, no mirror is asked at all.
+    let expected: Vec<(&str, String)> = files
+        .iter()
+        .map(|(name, content)| (*name, sha256(content)))
+        .collect();
+    let expected: Vec<(&str, &str)> = expected.iter().map(|(n, s)| (*n, s.as_str())).collect();
+    let never = ["http://127.0.0.1:9/never/".to_string()];
+    ensure_files(dir.path(), &expected, &never).unwrap();
+
+    // A cached file that rotted is found out when it is used, named, and not replaced.
+    let damaged = dir.path().join(files[3].0);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[9] ^= 1;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let message = ensure_files(dir.path(), &expected, &never)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains(files[3].0)
+            && message.contains("wrong content")
+            && message.contains("Delete it"),
+        "{message}"
+    );
+    assert_eq!(
+        std::fs::read(&damaged).unwrap(),
+        bytes,
+        "the user's file is kept"
+    );
+    // The real MNIST sums are what ensure_mnist holds the cache to.
+    assert!(ensure_mnist(dir.path(), &never).is_err());
+}
+
+#[test]
+fn a_gzip_bomb_from_a_mirror_fails_early_and_is_not_stored() {
+    let (name, content) = fixture().remove(0);
+    let bomb = gzip(&vec![0u8; (MAX_CONTENT_BYTES + (1 << 20)) as usize]);
+    let base = serve(HashMap::from([(
+        format!("/bomb/{name}.gz"),
+        Reply::Ok(bomb),
+    )]));
+    let dir = tempfile::tempdir().unwrap();
+
+    let message = fetch_file(
+        dir.path(),
+        name,
+        &sha256(&content),
+        &[format!("{base}/bomb/")],
+    )
+    .unwrap_err()
+    .to_string();
+
+    assert!(message.contains("runs past"), "{message}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -3,15 +3,16 @@
 //!
 //! A model directory holds [`CONFIG_FILE`] (the [`VitConfig`] as JSON), [`RECORD_FILE`] (the
 //! weights, in Burn's burnpack format), [`SAFETENSORS_FILE`] (the same weights in PyTorch's
-//! layout, see [`crate::portable`]) and [`PROBE_FILE`] (inputs with the logits this model gave,
+//! layout, see [`crate::interchange`]) and [`PROBE_FILE`] (inputs with the logits this model gave,
 //! for checking another implementation). Each is written to a temporary name and renamed.
 
 use std::fs;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
-use crate::portable::{self, Probe};
+use crate::interchange::{self, Probe};
 use crate::{ConfigError, Vit, VitConfig};
 
 /// The network's configuration, as JSON.
@@ -58,7 +59,7 @@ pub fn save(model: &Vit, config: &VitConfig, dir: &Path) -> Result<(), ArtifactE
     })?;
     let config_path = dir.join(CONFIG_FILE);
     let json = serde_json::to_string_pretty(config).expect("a VitConfig always serialises");
-    write_atomically(&config_path, json.as_bytes())?;
+    write_bytes(&config_path, json.as_bytes())?;
 
     let record_path = dir.join(RECORD_FILE);
     // Burnpack's writer already writes to a scratch file and renames it into place.
@@ -70,26 +71,41 @@ pub fn save(model: &Vit, config: &VitConfig, dir: &Path) -> Result<(), ArtifactE
             source: std::io::Error::other(format!("{error:?}")),
         })?;
 
-    portable::export_safetensors(model, &dir.join(SAFETENSORS_FILE))?;
-    // Burn writes both through a temporary file of mode 0600; give them the permissions of a
-    // file written the ordinary way, as the config is.
+    interchange::export_safetensors(model, &dir.join(SAFETENSORS_FILE))?;
+    // Burnpack's writer goes through a temporary file of mode 0600; give the record the
+    // permissions of a file written the ordinary way, as the config is.
     let ordinary = fs::metadata(&config_path)
         .map(|metadata| metadata.permissions())
         .map_err(|source| ArtifactError::Io {
             path: config_path.clone(),
             source,
         })?;
-    for path in [record_path, dir.join(SAFETENSORS_FILE)] {
-        fs::set_permissions(&path, ordinary.clone())
-            .map_err(|source| ArtifactError::Io { path, source })?;
-    }
+    fs::set_permissions(&record_path, ordinary).map_err(|source| ArtifactError::Io {
+        path: record_path,
+        source,
+    })?;
     let side = config.image_size;
-    let images = Tensor::random(
+    let images = probe_images(
         [PROBE_SIZE, config.channels, side, side],
-        burn::tensor::Distribution::Normal(0.0, 1.0),
         &model.devices()[0],
     );
     Probe::record(model, images).save(&dir.join(PROBE_FILE))
+}
+
+/// Fixed inputs, about standard normal (sums of four uniforms from a fixed sequence): the same
+/// probe whatever the backend's random state, so saving a model twice writes the same files.
+fn probe_images(shape: [usize; 4], device: &Device) -> Tensor<4> {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut uniform = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let values: Vec<f32> = (0..shape.iter().product::<usize>())
+        .map(|_| ((0..4).map(|_| uniform()).sum::<f32>() - 2.0) * 3f32.sqrt())
+        .collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
 }
 
 /// Rebuilds the network saved in `dir` on `device`, with the config it was saved with.
@@ -141,20 +157,36 @@ pub fn load_config(path: &Path) -> Result<VitConfig, ArtifactError> {
     Ok(config)
 }
 
-/// Writes `bytes` to `path` through a temporary sibling, so a reader never sees half a file and
-/// an interrupted write leaves the previous file intact.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
+/// Writes the file at `path` whole or not at all: `write` fills a temporary sibling, which is
+/// flushed to disk and renamed over `path`, so a reader never sees half a file and a write cut
+/// short leaves the previous file as it was. The one way this workspace writes its files.
+pub fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let temporary = temporary_sibling(path);
-    fs::write(&temporary, bytes)
-        .and_then(|()| fs::rename(&temporary, path))
-        .map_err(|source| ArtifactError::Io {
-            path: path.into(),
-            source,
-        })
+    let written = fs::File::create(&temporary).and_then(|file| {
+        let mut buffered = BufWriter::new(file);
+        write(&mut buffered)?;
+        buffered.into_inner()?.sync_all()
+    });
+    let renamed = written.and_then(|()| fs::rename(&temporary, path));
+    if renamed.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    renamed
+}
+
+/// [`write_atomically`] of `bytes`, naming the file in the error.
+pub(crate) fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
+    write_atomically(path, |file| file.write_all(bytes)).map_err(|source| ArtifactError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 /// `<path>.tmp`: where a file is written before it is renamed into place.
-pub(crate) fn temporary_sibling(path: &Path) -> PathBuf {
+fn temporary_sibling(path: &Path) -> PathBuf {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
     PathBuf::from(temporary)

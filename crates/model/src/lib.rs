@@ -7,8 +7,10 @@
 //! - [`artifact`] owns the file names of a saved model, for the trainer and for embedders alike.
 //! - [`load`] and [`Predictor::predict`]: class probabilities for raw gray images, for programs
 //!   that embed a trained model (`examples/predict.rs`).
+//! - [`mnist_style`]: any picture of a digit as MNIST shows one (cropped, 20×20, centred), the
+//!   way `vit-trainer infer` reads image files.
 //! - [`Views`]: test-time augmentation, probabilities averaged over one-pixel shifts.
-//! - [`portable`] moves weights to and from PyTorch as safetensors.
+//! - [`interchange`] moves weights to and from PyTorch as safetensors.
 //! - [`input`] is the pixel normalisation the network was trained with.
 //! - [`fused`]: LayerNorm and softmax as single operations with their own backward passes.
 
@@ -16,7 +18,8 @@ pub mod artifact;
 mod config;
 pub mod fused;
 pub mod input;
-pub mod portable;
+pub mod interchange;
+pub mod mnist_style;
 mod predict;
 mod views;
 mod vit;
@@ -25,3 +28,8 @@ pub use config::{ConfigError, VitConfig};
 pub use predict::{PredictError, Predictor, best, load};
 pub use views::Views;
 pub use vit::Vit;
+
+/// The README's Rust code, compiled by the doctests so that its embedding example cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeExamples;

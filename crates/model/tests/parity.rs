@@ -7,7 +7,7 @@ use std::path::Path;
 
 use burn::prelude::*;
 use vit_model::artifact::{self, CONFIG_FILE, PROBE_FILE, SAFETENSORS_FILE};
-use vit_model::portable::{PROBE_TOLERANCE, Probe, import_safetensors};
+use vit_model::interchange::{PROBE_TOLERANCE, Probe, import_safetensors};
 
 const FIXTURES: [&str; 2] = ["torch-small", "torch-small-stem"];
 

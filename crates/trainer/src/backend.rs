@@ -11,22 +11,29 @@ use burn::prelude::*;
 /// The variable Burn reads to choose among compiled-in backends.
 pub const DEVICE_VARIABLE: &str = "BURN_DEVICE";
 
-/// The backends this binary was built with, in the order Burn prefers them.
+/// The backends this build holds, by name, with a device of each, in the order Burn prefers
+/// them. Devices start lazily: listing them runs nothing. The one list of compiled backends
+/// (the trainer, the benchmark and the agreement tests all use it).
+#[allow(deprecated)]
+pub fn compiled_devices() -> Vec<(&'static str, Device)> {
+    let mut devices = Vec::new();
+    #[cfg(feature = "wgpu")]
+    devices.push(("wgpu", Device::wgpu(Default::default())));
+    #[cfg(feature = "tch")]
+    devices.push(("tch", Device::libtorch()));
+    #[cfg(feature = "flex")]
+    devices.push(("flex", Device::flex()));
+    #[cfg(feature = "ndarray")]
+    devices.push(("ndarray", Device::ndarray()));
+    devices
+}
+
+/// The names of [`compiled_devices`].
 pub fn compiled() -> Vec<&'static str> {
-    let mut names = Vec::new();
-    if cfg!(feature = "wgpu") {
-        names.push("wgpu");
-    }
-    if cfg!(feature = "tch") {
-        names.push("tch");
-    }
-    if cfg!(feature = "flex") {
-        names.push("flex");
-    }
-    if cfg!(feature = "ndarray") {
-        names.push("ndarray");
-    }
-    names
+    compiled_devices()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// The device of the chosen backend, started and ready.

@@ -207,12 +207,17 @@ fn cell_centre(chart: &Grid<'_>, x: usize, y: usize) -> (i32, i32) {
 
 fn save_rgb(path: &Path, (width, height): (u32, u32), pixels: Vec<u8>) -> anyhow::Result<()> {
     let image = image::RgbImage::from_raw(width, height, pixels).context("chart buffer size")?;
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp.png");
-    image
-        .save(&temporary)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
+    save_png(path, &image::DynamicImage::ImageRgb8(image))
+}
+
+/// Writes `image` as a PNG file, atomically.
+pub fn save_png(path: &Path, image: &image::DynamicImage) -> anyhow::Result<()> {
+    vit_model::artifact::write_atomically(path, |file| {
+        image
+            .write_with_encoder(image::codecs::png::PngEncoder::new(file))
+            .map_err(std::io::Error::other)
+    })
+    .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn plot_error(error: impl std::fmt::Display) -> anyhow::Error {

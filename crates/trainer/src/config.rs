@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use vit_data::DataConfig;
 use vit_data::augment::AugmentConfig;
 use vit_model::VitConfig;
-use vit_trainer::optim::{AdamSettings, FusedAdam, WeightDecay};
+use vit_trainer::optim::{Adam, AdamSettings, WeightDecay};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -217,7 +217,7 @@ impl TrainingConfig {
             OptimizerKind::Adam => WeightDecay::L2(o.weight_decay),
             OptimizerKind::AdamW => WeightDecay::Decoupled(o.weight_decay),
         };
-        let optimizer = ModuleOptimizer::from(FusedAdam::new(AdamSettings {
+        let optimizer = ModuleOptimizer::from(Adam::new(AdamSettings {
             beta_1: o.beta_1,
             beta_2: o.beta_2,
             epsilon: o.epsilon,
@@ -273,6 +273,8 @@ impl TrainingConfig {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn tutorial() -> TrainingConfig {
@@ -359,6 +361,114 @@ mod tests {
         assert!(
             serde_json::from_str::<OptimizerConfig>(r#"{"kind": "sgd", "learning_rate": 0.1}"#)
                 .is_err()
+        );
+    }
+
+    /// A config with every section and option set to a non-default value. Struct literals
+    /// without `..`: a new field does not compile until it is added here.
+    fn every_key_set(schedule: Schedule) -> TrainingConfig {
+        TrainingConfig {
+            model: VitConfig {
+                image_size: 28,
+                channels: 1,
+                patch_size: 4,
+                dim: 64,
+                depth: 6,
+                heads: 8,
+                mlp_dim: 128,
+                num_classes: 10,
+                dropout: 0.1,
+                stem_channels: vec![16, 32],
+            },
+            optimizer: OptimizerConfig {
+                kind: OptimizerKind::AdamW,
+                learning_rate: 1e-3,
+                weight_decay: 0.05,
+                grad_clip_norm: Some(1.0),
+                beta_1: 0.8,
+                beta_2: 0.99,
+                epsilon: 1e-6,
+            },
+            schedule,
+            data: DataConfig {
+                valid_size: 5000,
+                train_limit: Some(100),
+                eval_limit: Some(100),
+            },
+            augment: Some(AugmentConfig {
+                rotation_degrees: 10.0,
+                translate_pixels: 2.0,
+                scale: 0.1,
+                elastic_alpha: 34.0,
+                elastic_sigma: 4.0,
+                shear_degrees: 5.0,
+            }),
+            label_smoothing: 0.1,
+            early_stopping: Some(EarlyStopping { patience: 3 }),
+            average_last: Some(3),
+            batch_size: 128,
+            epochs: 35,
+            seed: 42,
+            num_workers: 1,
+        }
+    }
+
+    /// Dotted paths of the leaves of `value` (`optimizer.beta_1`, `schedule.cosine.min_lr`).
+    fn leaf_keys(value: &serde_json::Value, prefix: &str, keys: &mut BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                for (name, field) in fields {
+                    let path = if prefix.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{prefix}.{name}")
+                    };
+                    leaf_keys(field, &path, keys);
+                }
+            }
+            _ => {
+                keys.insert(prefix.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn the_readme_config_table_lists_exactly_the_keys_a_config_can_have() {
+        let mut accepted = BTreeSet::new();
+        let schedules = [
+            Schedule::Constant,
+            Schedule::Cosine {
+                min_lr: 0.0,
+                warmup_steps: 100,
+            },
+        ];
+        for schedule in schedules {
+            let config = every_key_set(schedule);
+            config.validate().unwrap();
+            let json = serde_json::to_value(&config).unwrap();
+            let text = json.to_string();
+            assert_eq!(
+                serde_json::from_str::<TrainingConfig>(&text).unwrap(),
+                config,
+                "the config reads back"
+            );
+            leaf_keys(&json, "", &mut accepted);
+        }
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("\n## ")
+            .find(|section| section.starts_with("Config reference"))
+            .expect("README has a `## Config reference` section");
+        let documented: BTreeSet<String> = section
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `")?.split_once('`'))
+            .map(|(key, _)| key.to_string())
+            .collect();
+        let missing: Vec<_> = accepted.difference(&documented).collect();
+        let unknown: Vec<_> = documented.difference(&accepted).collect();
+        assert!(
+            missing.is_empty() && unknown.is_empty(),
+            "README's config table: missing {missing:?}, not a config key {unknown:?}"
         );
     }
 

@@ -40,6 +40,8 @@ struct GuardState {
     divergence: Mutex<Option<Divergence>>,
     /// Test hook: pretend the loss is NaN from this global step on (see `INJECT_NAN_VAR`).
     inject_at: Option<usize>,
+    /// Test hook: end the process at this (epoch, step) (see [`crate::fault`]).
+    kill_at: Option<(usize, usize)>,
 }
 
 /// Set to N to make the guard see a NaN loss at the N-th step of the run: the only way to test
@@ -51,9 +53,14 @@ impl DivergenceGuard {
         let inject_at = std::env::var(INJECT_NAN_VAR)
             .ok()
             .and_then(|step| step.parse().ok());
+        let kill_at = match crate::fault::KillPoint::from_env() {
+            Some(crate::fault::KillPoint::Step { epoch, step }) => Some((epoch, step)),
+            _ => None,
+        };
         Self {
             state: Arc::new(GuardState {
                 inject_at,
+                kill_at,
                 ..GuardState::default()
             }),
         }
@@ -66,6 +73,23 @@ impl DivergenceGuard {
             .steps_per_epoch
             .store(steps_per_epoch.max(1), Ordering::Relaxed);
         self.state.first_epoch.store(first_epoch, Ordering::Relaxed);
+    }
+
+    /// Where the `index`-th step (0-based) of this launch falls: (epoch, 1-based step).
+    fn position(&self, index: usize) -> (usize, usize) {
+        let per_epoch = self.state.steps_per_epoch.load(Ordering::Relaxed).max(1);
+        let first_epoch = self.state.first_epoch.load(Ordering::Relaxed);
+        (first_epoch + index / per_epoch, index % per_epoch + 1)
+    }
+
+    /// Called before each training step.
+    pub fn before_step(&self) {
+        let index = self.state.steps.load(Ordering::Relaxed);
+        if let Some((epoch, step)) = self.state.kill_at
+            && self.position(index) == (epoch, step)
+        {
+            crate::fault::kill(&format!("epoch {epoch}, step {step}"));
+        }
     }
 
     /// Called with each training step's loss.
@@ -82,10 +106,10 @@ impl DivergenceGuard {
         if divergence.is_some() {
             return;
         }
-        let per_epoch = self.state.steps_per_epoch.load(Ordering::Relaxed).max(1);
+        let (epoch, step) = self.position(step);
         let found = Divergence {
-            epoch: self.state.first_epoch.load(Ordering::Relaxed) + step / per_epoch,
-            step: step % per_epoch + 1,
+            epoch,
+            step,
             loss: value,
         };
         *divergence = Some(found);

@@ -4,7 +4,8 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::Context;
-use vit_data::{IMAGE_SIDE, idx, image_file_to_mnist};
+use vit_data::{IMAGE_SIDE, idx};
+use vit_model::mnist_style;
 
 const PNG_MAGIC: &[u8] = b"\x89PNG";
 const JPEG_MAGIC: &[u8] = b"\xff\xd8\xff";
@@ -18,7 +19,7 @@ pub struct Input {
 /// Reads a PNG / JPEG file (any size) or an IDX image file (every image in it, up to `limit`).
 pub fn read_file(path: &Path, limit: usize) -> anyhow::Result<Vec<Input>> {
     if is_picture(path)? {
-        let pixels = image_file_to_mnist(path)?;
+        let pixels = mnist_style::from_file(path)?;
         let name = path.display().to_string();
         return Ok(vec![Input { name, pixels }]);
     }

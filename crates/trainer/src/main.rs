@@ -5,6 +5,7 @@
 mod charts;
 mod config;
 mod evaluation;
+mod fault;
 mod guard;
 mod history;
 mod infer;
@@ -19,7 +20,7 @@ use anyhow::Context;
 use burn::data::dataset::Dataset;
 use clap::{Parser, Subcommand};
 use vit_data::{DataConfig, DataDirSource, MnistDataset, Split, download, resolve_data_dir};
-use vit_model::portable;
+use vit_model::interchange;
 use vit_model::{Views, artifact};
 
 use vit_trainer::backend;
@@ -207,9 +208,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(path) = resume {
                 let run = RunDir::resume(&path)?;
                 let config = TrainingConfig::load(&run.training_config_path())?;
-                let epoch = run.last_checkpoint();
-                println!("resuming {} after epoch {epoch}", run.path().display());
-                training::train(&config, &data.dir()?, &run, &device, epoch, test)?;
+                let prepared = training::prepare(&config, &data.dir()?, test)?;
+                println!(
+                    "resuming {} after epoch {}",
+                    run.path().display(),
+                    run.last_checkpoint()
+                );
+                training::resume(prepared, &run, &device)?;
                 return Ok(());
             }
             let mut config = TrainingConfig::load(&config_path)?;
@@ -217,9 +222,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.epochs = epochs;
                 config.validate()?;
             }
+            // Everything that can fail on the data fails before the run directory exists.
+            let prepared = training::prepare(&config, &data.dir()?, test)?;
             let name = run.unwrap_or_else(|| default_run_name(&config_path));
             let run = RunDir::create(&artifacts, &name)?;
-            training::train(&config, &data.dir()?, &run, &device, 0, test)?;
+            training::start(prepared, &run, &device)?;
         }
         Command::Eval {
             run,
@@ -271,12 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|i| train_set.get(i).expect("in-memory dataset"))
                 .collect();
             let grid = vit_data::augment::preview_grid(&items, augment, config.seed, draws);
-            let mut temporary = out.clone().into_os_string();
-            temporary.push(".tmp.png");
-            grid.save(&temporary)
-                .with_context(|| format!("cannot write {}", out.display()))?;
-            std::fs::rename(&temporary, &out)
-                .with_context(|| format!("cannot write {}", out.display()))?;
+            charts::save_png(&out, &image::DynamicImage::ImageLuma8(grid))?;
             println!(
                 "wrote {} ({} images × {} augmented draws)",
                 out.display(),
@@ -346,10 +348,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     out.display()
                 );
             }
-            let model = portable::import_safetensors(&weights, &config, &device)?;
+            let model = interchange::import_safetensors(&weights, &config, &device)?;
             let probe_path = weights.with_file_name(artifact::PROBE_FILE);
             if probe_path.is_file() {
-                let diff = portable::check_probe(&model, &probe_path, &device)?;
+                let diff = interchange::check_probe(&model, &probe_path, &device)?;
                 println!(
                     "probe {}: logits agree within {diff:.2e}",
                     probe_path.display()

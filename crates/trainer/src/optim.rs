@@ -28,9 +28,10 @@ pub enum WeightDecay {
     Decoupled(f32),
 }
 
-/// Adam or AdamW (see [`WeightDecay`]), with the same results as Burn's.
+/// Adam or AdamW (see [`WeightDecay`]), with the same results as Burn's: Burn's own optimizer,
+/// except on libtorch's CPU device, where each parameter is updated in place in one pass.
 #[derive(Clone)]
-pub struct FusedAdam {
+pub struct Adam {
     /// What the fused update runs with; builds without a fused backend only use `fallback`.
     #[cfg_attr(not(feature = "tch"), allow(dead_code))]
     settings: AdamSettings,
@@ -61,7 +62,7 @@ pub struct AdamStep {
     pub time: usize,
 }
 
-impl FusedAdam {
+impl Adam {
     pub fn new(settings: AdamSettings) -> Self {
         let AdamSettings {
             beta_1,
@@ -104,7 +105,7 @@ pub fn fused_on(device: &Device) -> bool {
     }
 }
 
-impl Optimizer for FusedAdam {
+impl Optimizer for Adam {
     type State<const D: usize> = AdamState<D>;
 
     fn step<const D: usize>(
@@ -134,7 +135,7 @@ impl Optimizer for FusedAdam {
     }
 }
 
-impl FusedAdam {
+impl Adam {
     #[cfg(feature = "tch")]
     fn fused_step<const D: usize>(
         &self,

@@ -6,13 +6,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use vit_model::artifact;
 
 use crate::config::TrainingConfig;
 
 /// The full training config, written before training starts.
 pub const TRAINING_CONFIG_FILE: &str = "training-config.json";
-/// The final evaluation, written when the run ends.
+/// The MNIST directory and the content SHA-256 of its files, written before training starts.
+pub const DATA_SOURCE_FILE: &str = "data-source.json";
+/// What the Learner did (epochs, time), written when it has trained the last epoch.
+pub const FIT_FILE: &str = "fit.json";
+/// The final evaluation, written last: a trained run is finished when it has its report.
 pub const REPORT_FILE: &str = "report.json";
 
 /// A run directory that exists on disk.
@@ -21,11 +26,18 @@ pub struct RunDir {
     path: PathBuf,
 }
 
+/// Whether `path` holds a model to use: a trained run with its report (written last), or an
+/// imported model (a model and no training config).
+fn is_finished(path: &Path) -> bool {
+    path.join(REPORT_FILE).is_file()
+        || (path.join(artifact::RECORD_FILE).is_file() && !path.join(TRAINING_CONFIG_FILE).exists())
+}
+
 impl RunDir {
     /// Creates `artifacts/<name>/`, refusing to reuse a directory that already holds a run.
     pub fn create(artifacts: &Path, name: &str) -> anyhow::Result<Self> {
         let path = artifacts.join(name);
-        if path.join(artifact::RECORD_FILE).exists() {
+        if is_finished(&path) {
             bail!(
                 "{} already holds a finished run; choose another name with --run",
                 path.display()
@@ -43,9 +55,9 @@ impl RunDir {
         Ok(Self { path })
     }
 
-    /// Opens an unfinished run to continue it: one with a saved config and no model yet.
+    /// Opens an unfinished run to continue it: one with a saved config and no report yet.
     pub fn resume(path: &Path) -> anyhow::Result<Self> {
-        if path.join(artifact::RECORD_FILE).exists() {
+        if is_finished(path) {
             bail!(
                 "{} is a finished run: there is nothing to resume",
                 path.display()
@@ -93,16 +105,44 @@ impl RunDir {
             .unwrap_or(0)
     }
 
-    /// Opens a finished run: one that holds a saved model.
+    /// Deletes the metric logs of the epochs after `epoch`: a resumed run trains them again,
+    /// and a killed epoch's partial logs must not mix with the new ones.
+    pub fn forget_epochs_after(&self, epoch: usize) -> anyhow::Result<()> {
+        for split in ["train", "valid"] {
+            let Ok(entries) = std::fs::read_dir(self.path.join(split)) else {
+                continue;
+            };
+            for entry in entries.filter_map(Result::ok) {
+                let name = entry.file_name();
+                let later = name
+                    .to_str()
+                    .and_then(|name| name.strip_prefix("epoch-")?.parse::<usize>().ok())
+                    .is_some_and(|n| n > epoch);
+                if later {
+                    std::fs::remove_dir_all(entry.path())
+                        .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a finished run: a trained one with its report, or an imported model.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        if !path.join(artifact::RECORD_FILE).is_file() {
+        if is_finished(path) {
+            return Ok(Self { path: path.into() });
+        }
+        if path.join(TRAINING_CONFIG_FILE).is_file() {
             bail!(
-                "{} is not a finished run: it has no {}",
-                path.display(),
-                artifact::RECORD_FILE
+                "{} is an unfinished run (no {REPORT_FILE}); `train --resume {0}` finishes it",
+                path.display()
             );
         }
-        Ok(Self { path: path.into() })
+        bail!(
+            "{} is not a finished run: it has no {}",
+            path.display(),
+            artifact::RECORD_FILE
+        )
     }
 
     /// The most recently finished run under `artifacts`.
@@ -111,13 +151,15 @@ impl RunDir {
             .with_context(|| format!("no runs: cannot read {}", artifacts.display()))?;
         let newest = entries
             .filter_map(Result::ok)
-            .map(|entry| entry.path().join(artifact::RECORD_FILE))
-            .filter_map(|record| Some((record.metadata().ok()?.modified().ok()?, record)))
+            .map(|entry| entry.path())
+            .filter(|path| is_finished(path))
+            .filter_map(|path| {
+                let record = path.join(artifact::RECORD_FILE);
+                Some((record.metadata().ok()?.modified().ok()?, path))
+            })
             .max();
         match newest {
-            Some((_, record)) => {
-                Self::open(record.parent().expect("a record lies in a run directory"))
-            }
+            Some((_, path)) => Self::open(&path),
             None => bail!(
                 "no finished run in {}; train one first, or pass --run-dir",
                 artifacts.display()
@@ -135,8 +177,22 @@ impl RunDir {
 
     pub fn write_json(&self, name: &str, value: &impl Serialize) -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(value)?;
-        artifact::write_atomically(&self.path.join(name), json.as_bytes())?;
-        Ok(())
+        let path = self.path.join(name);
+        artifact::write_atomically(&path, |file| file.write_all(json.as_bytes()))
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// The JSON file `name` of this run, or `None` if it is not there.
+    pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> anyhow::Result<Option<T>> {
+        let path = self.path.join(name);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not what this trainer wrote", path.display()))?;
+        Ok(Some(value))
     }
 }
 
@@ -202,6 +258,12 @@ mod tests {
             "{error}"
         );
         std::fs::write(run.path().join(artifact::RECORD_FILE), "").unwrap();
+        let error = RunDir::open(run.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("unfinished run") && error.contains(REPORT_FILE),
+            "a model without its report is not finished: {error}"
+        );
+        std::fs::write(run.path().join(REPORT_FILE), "{}").unwrap();
         let error = RunDir::create(artifacts.path(), "a")
             .unwrap_err()
             .to_string();

@@ -54,7 +54,7 @@ fn train_args<'a>(
 }
 
 fn report(run_dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap()).unwrap()
+    common::report_of(run_dir)
 }
 
 #[test]

@@ -51,22 +51,12 @@ impl Work {
 
     fn train(&self, run: &str) -> Command {
         let mut command = trainer();
-        command
-            .arg("train")
-            .arg("--config")
-            .arg(self.path("config.json"))
-            .arg("--data-dir")
-            .arg(self.path("data"))
-            .arg("--artifacts")
-            .arg(self.path("artifacts"))
-            .arg("--run")
-            .arg(run);
+        common::train_in(&mut command, self.dir.path(), run);
         command
     }
 
     fn report(&self, run: &str) -> serde_json::Value {
-        let path = self.path("artifacts").join(run).join("report.json");
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+        common::report_of(&self.path("artifacts").join(run))
     }
 }
 

@@ -21,7 +21,7 @@ use std::process::Command;
 
 use burn::prelude::*;
 
-use vit_trainer::backend::compiled;
+use vit_trainer::backend::{compiled, compiled_devices};
 
 use measure::{Figures, measure, phases};
 use report::{Report, Round};
@@ -150,20 +150,15 @@ impl Options {
     }
 }
 
-#[allow(deprecated)]
 fn device(backend: &str) -> Device {
-    match backend {
-        #[cfg(feature = "flex")]
-        "flex" => Device::flex(),
-        #[cfg(feature = "ndarray")]
-        "ndarray" => Device::ndarray(),
-        #[cfg(feature = "tch")]
-        "tch" => Device::libtorch(),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => Device::wgpu(Default::default()),
-        other => {
+    let found = compiled_devices()
+        .into_iter()
+        .find(|(name, _)| *name == backend);
+    match found {
+        Some((_, device)) => device,
+        None => {
             eprintln!(
-                "error: backend {other} is not in this build ({:?})",
+                "error: backend {backend} is not in this build ({:?})",
                 compiled()
             );
             std::process::exit(1);

@@ -10,7 +10,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
 use vit_model::{Vit, VitConfig};
-use vit_trainer::optim::{AdamSettings, FusedAdam, WeightDecay};
+use vit_trainer::optim::{Adam, AdamSettings, WeightDecay};
 use vit_trainer::parallel::{sliced_gradients, step_slices};
 
 const TRAIN_BATCH: usize = 100;
@@ -115,7 +115,7 @@ impl TrainingStep {
             ),
             slices: step_slices(&device, TRAIN_BATCH),
             // The trainer's Adam, with PyTorch's defaults.
-            optimiser: ModuleOptimizer::from(FusedAdam::new(AdamSettings {
+            optimiser: ModuleOptimizer::from(Adam::new(AdamSettings {
                 beta_1: 0.9,
                 beta_2: 0.999,
                 epsilon: 1e-8,

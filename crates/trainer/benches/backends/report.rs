@@ -1,6 +1,8 @@
 //! The rounds' figures side by side: each backend's median round, its ratio to PyTorch eager
 //! in the same rounds, the table and the JSON file.
 
+use std::io::Write;
+
 use serde::Serialize;
 
 use crate::measure::{Figures, percentile};
@@ -142,7 +144,7 @@ impl Report {
             std::fs::create_dir_all(dir).map_err(|error| format!("{}: {error}", dir.display()))?;
         }
         let json = serde_json::to_string_pretty(self).expect("report serialises");
-        vit_model::artifact::write_atomically(path, json.as_bytes())
-            .map_err(|error| error.to_string())
+        vit_model::artifact::write_atomically(path, |file| file.write_all(json.as_bytes()))
+            .map_err(|error| format!("{}: {error}", path.display()))
     }
 }

@@ -51,3 +51,23 @@ pub fn trainer() -> Command {
     command.env("BURN_DEVICE", "flex");
     command
 }
+
+/// Adds `train` with the config, data and artifacts of a work directory laid out as the
+/// lifecycle tests lay it out (`config.json`, `data/`, `artifacts/`) and the run name.
+pub fn train_in(command: &mut Command, work: &Path, run: &str) {
+    command
+        .arg("train")
+        .arg("--config")
+        .arg(work.join("config.json"))
+        .arg("--data-dir")
+        .arg(work.join("data"))
+        .arg("--artifacts")
+        .arg(work.join("artifacts"))
+        .arg("--run")
+        .arg(run);
+}
+
+/// The `report.json` of `run_dir`.
+pub fn report_of(run_dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap()).unwrap()
+}

@@ -17,7 +17,7 @@ use burn::prelude::*;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
-use crate::artifact::{ArtifactError, temporary_sibling};
+use crate::artifact::ArtifactError;
 use crate::{Vit, VitConfig};
 
 /// The probe's tensor of normalised input images `[n, channels, size, size]`.
@@ -27,20 +27,16 @@ pub const PROBE_LOGITS: &str = "logits";
 /// How far apart two implementations' logits may be and still count as the same function.
 pub const PROBE_TOLERANCE: f32 = 1e-4;
 
-/// Writes `model`'s weights as PyTorch-layout safetensors at `path` (through a temporary file).
+/// Writes `model`'s weights as PyTorch-layout safetensors at `path`, atomically.
 pub fn export_safetensors(model: &Vit, path: &Path) -> Result<(), ArtifactError> {
-    let temporary = temporary_sibling(path);
-    let mut store = SafetensorsStore::from_file(&temporary)
+    let mut store = SafetensorsStore::from_bytes(None)
         .with_to_adapter(BurnToPyTorchAdapter)
-        .overwrite(true)
         .metadata("layout", "torch.nn.Linear weights [out, in]");
     model
         .save_into(&mut store)
         .map_err(|error| io_error(path, error))?;
-    std::fs::rename(&temporary, path).map_err(|source| ArtifactError::Io {
-        path: path.into(),
-        source,
-    })
+    let bytes = store.get_bytes().map_err(|error| io_error(path, error))?;
+    crate::artifact::write_bytes(path, &bytes)
 }
 
 /// Builds the network of `config` on `device` with the weights of the safetensors file at
@@ -114,7 +110,7 @@ impl Probe {
         let metadata = HashMap::from([("tolerance".to_string(), PROBE_TOLERANCE.to_string())]);
         let bytes = safetensors::serialize(tensors, Some(metadata))
             .map_err(|error| io_error(path, error))?;
-        crate::artifact::write_atomically(path, &bytes)
+        crate::artifact::write_bytes(path, &bytes)
     }
 
     pub fn load(path: &Path, device: &Device) -> Result<Self, ArtifactError> {

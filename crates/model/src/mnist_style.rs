@@ -1,41 +1,59 @@
 //! Any photo or scan of a digit to an MNIST-style image: grayscale, white ink on black, the
 //! digit scaled into a 20×20 box and centred by its centre of mass in 28×28, as MNIST was made.
+//! `vit-trainer infer` reads images through [`from_file`]; a program that embeds the model and
+//! does the same gets the same answers.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use image::imageops::{self, FilterType};
 use image::{DynamicImage, GrayImage, Luma};
 
-use crate::{DataError, IMAGE_SIDE};
+/// Side of an MNIST image, in pixels.
+pub const IMAGE_SIDE: usize = 28;
+
+/// Why a file gave no MNIST-style image.
+#[derive(Debug, thiserror::Error)]
+pub enum PictureError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot read as an image: {source}")]
+    Decode {
+        path: PathBuf,
+        source: image::ImageError,
+    },
+    #[error("{path}: no digit found: the image is blank")]
+    Blank { path: PathBuf },
+}
 
 /// Side of the box the digit is scaled into, as in MNIST.
 const DIGIT_BOX: u32 = 20;
 
-/// Reads a PNG or JPEG file and converts it with [`image_to_mnist`]; an image with no ink
-/// (one colour throughout) is an error, not a guess.
-pub fn image_file_to_mnist(path: &Path) -> Result<[u8; IMAGE_SIDE * IMAGE_SIDE], DataError> {
+/// Reads a PNG or JPEG file and converts it with [`from_image`]; an image with no ink (one
+/// colour throughout) is an error, not a guess.
+pub fn from_file(path: &Path) -> Result<[u8; IMAGE_SIDE * IMAGE_SIDE], PictureError> {
+    let io = |source| PictureError::Io {
+        path: path.into(),
+        source,
+    };
     let image = image::ImageReader::open(path)
-        .map_err(|source| DataError::Io {
-            path: path.into(),
-            source,
-        })?
+        .map_err(io)?
         .with_guessed_format()
-        .map_err(|source| DataError::Io {
-            path: path.into(),
-            source,
-        })?
+        .map_err(io)?
         .decode()
-        .map_err(|source| DataError::Image {
+        .map_err(|source| PictureError::Decode {
             path: path.into(),
             source,
         })?;
-    image_to_mnist(&image).ok_or_else(|| DataError::Blank { path: path.into() })
+    from_image(&image).ok_or_else(|| PictureError::Blank { path: path.into() })
 }
 
 /// Converts an image of any size. A 28×28 image that is already white on black is kept as it
 /// is; anything else is inverted if its background is light, cropped to the ink, scaled and
 /// centred. A blank image (no pixel differs from the background) has no digit: `None`.
-pub fn image_to_mnist(image: &DynamicImage) -> Option<[u8; IMAGE_SIDE * IMAGE_SIDE]> {
+pub fn from_image(image: &DynamicImage) -> Option<[u8; IMAGE_SIDE * IMAGE_SIDE]> {
     let gray = flatten_alpha(image);
     let background = border_median(&gray);
     let light_background = background > 127;
@@ -138,7 +156,7 @@ mod tests {
         let gray = GrayImage::from_fn(28, 28, |x, y| {
             Luma([((x * 7 + y) % 200) as u8 * u8::from(x > 20)])
         });
-        let converted = image_to_mnist(&DynamicImage::ImageLuma8(gray.clone())).unwrap();
+        let converted = from_image(&DynamicImage::ImageLuma8(gray.clone())).unwrap();
         assert_eq!(converted.as_slice(), gray.as_raw().as_slice());
     }
 
@@ -152,7 +170,7 @@ mod tests {
                 255
             }])
         });
-        let converted = image_to_mnist(&DynamicImage::ImageLuma8(page)).unwrap();
+        let converted = from_image(&DynamicImage::ImageLuma8(page)).unwrap();
         let at = |x: usize, y: usize| converted[y * 28 + x];
         // The bar is 100 tall → 20 pixels; 40 wide → 8 pixels, centred on (14, 14).
         assert_eq!(at(14, 14), 255, "the bar's middle is white ink");
@@ -173,7 +191,7 @@ mod tests {
         for blank in blanks {
             let size = blank.dimensions();
             assert_eq!(
-                image_to_mnist(&DynamicImage::ImageLuma8(blank)),
+                from_image(&DynamicImage::ImageLuma8(blank)),
                 None,
                 "{size:?}"
             );
@@ -183,7 +201,7 @@ mod tests {
         GrayImage::from_pixel(1, 1, Luma([128]))
             .save(&path)
             .unwrap();
-        let error = image_file_to_mnist(&path).unwrap_err().to_string();
+        let error = from_file(&path).unwrap_err().to_string();
         assert!(
             error.contains("gray.png") && error.contains("no digit found"),
             "{error}"
@@ -195,7 +213,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("digit.png");
         std::fs::write(&path, b"not a png").unwrap();
-        let error = image_file_to_mnist(&path).unwrap_err();
+        let error = from_file(&path).unwrap_err();
         assert!(error.to_string().contains("digit.png"), "{error}");
     }
 }
