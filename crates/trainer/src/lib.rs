@@ -1,7 +1,8 @@
 //! The parts of the trainer that its benchmarks and tests use too: the compiled-in backends, the
-//! optimizer, the training step's data parallelism and weight averaging.
+//! optimizer, the training step's data parallelism, weight averaging and the allocator's settings.
 
 pub mod averaging;
 pub mod backend;
+pub mod memory;
 pub mod optim;
 pub mod parallel;

@@ -179,6 +179,7 @@ impl RunArgs {
 /// Errors end the program with their whole chain of causes on stderr and a non-zero status,
 /// never a backtrace, whatever `RUST_BACKTRACE` says.
 fn main() -> ExitCode {
+    vit_trainer::memory::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -27,6 +27,8 @@ use measure::{Figures, measure, phases};
 use report::{Report, Round};
 
 fn main() {
+    // As the trainer runs, so that the figures are the trainer's.
+    vit_trainer::memory::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `cargo bench` passes `--bench`; the child mode is `--child <backend>`.
     if let Some(position) = args.iter().position(|arg| arg == "--child") {

@@ -1,8 +1,6 @@
 //! The rounds' figures side by side: each backend's median round, its ratio to PyTorch eager
 //! in the same rounds, the table and the JSON file.
 
-use std::io::Write;
-
 use serde::Serialize;
 
 use crate::measure::{Figures, percentile};
