@@ -5,6 +5,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata};
 use burn::tensor::{DType, TensorData, read_sync};
 
+use super::simd;
+
 /// LayerNorm's backward pass from primitive operations, for backends without a better one:
 /// with `x̂ = (x - mean) · rstd` and `g = grad · gamma`,
 /// `dx = rstd · (g - mean(g) - x̂ · mean(g · x̂))`, `dgamma = Σ grad · x̂`, `dbeta = Σ grad`.
@@ -88,14 +90,17 @@ pub(super) fn host_layer_norm_backward<B: Backend>(
         .par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk).zip(grad.par_chunks(chunk)))
         .map(|(grad_x, (x, grad))| {
-            let mut sums = (vec![0.0f32; features], vec![0.0f32; features]);
-            let rows = grad_x
-                .chunks_mut(features)
-                .zip(x.chunks(features).zip(grad.chunks(features)));
-            for (grad_x, (x, grad)) in rows {
-                layer_norm_row_backward(x, grad, gamma, epsilon, grad_x, &mut sums);
-            }
-            sums
+            let (mut grad_gamma, mut grad_beta) = (vec![0.0f32; features], vec![0.0f32; features]);
+            layer_norm_rows_backward(
+                x,
+                grad,
+                gamma,
+                epsilon,
+                grad_x,
+                &mut grad_gamma,
+                &mut grad_beta,
+            );
+            (grad_gamma, grad_beta)
         })
         .reduce(
             || (vec![0.0f32; features], vec![0.0f32; features]),
@@ -112,36 +117,59 @@ pub(super) fn host_layer_norm_backward<B: Backend>(
     )
 }
 
-/// One row of LayerNorm's backward pass; adds the row's share of the gamma and beta gradients
-/// to `sums`.
-fn layer_norm_row_backward(
+simd::vectorized! {
+    /// LayerNorm's backward pass for whole rows of `gamma.len()` features; adds the rows'
+    /// share of the gamma and beta gradients to `grad_gamma` and `grad_beta`.
+    fn layer_norm_rows_backward(
+        x: &[f32],
+        grad: &[f32],
+        gamma: &[f32],
+        epsilon: f32,
+        grad_x: &mut [f32],
+        grad_gamma: &mut [f32],
+        grad_beta: &mut [f32],
+    ) => layer_norm_rows_backward_body
+}
+
+/// Per row, with `n` the normalised input: `grad_x = rstd · (g·γ − mean(g·γ) − n ·
+/// mean(g·γ·n))`. `grad_x` holds the centred, then the normalised row until the end, so every
+/// pass is a straight sweep the compiler vectorizes.
+#[inline(always)]
+fn layer_norm_rows_backward_body(
     x: &[f32],
     grad: &[f32],
     gamma: &[f32],
     epsilon: f32,
     grad_x: &mut [f32],
-    (grad_gamma, grad_beta): &mut (Vec<f32>, Vec<f32>),
+    grad_gamma: &mut [f32],
+    grad_beta: &mut [f32],
 ) {
-    let count = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / count;
-    let variance = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / count;
-    let rstd = 1.0 / (variance + epsilon).sqrt();
-    // grad_x holds grad · gamma until the row's two means are known.
-    let (mut scaled_sum, mut projection) = (0.0f32, 0.0f32);
-    let columns = x.iter().zip(grad).zip(gamma).zip(grad_x.iter_mut());
-    let sums = grad_gamma.iter_mut().zip(grad_beta.iter_mut());
-    for ((((x, grad), gamma), scaled), (grad_gamma, grad_beta)) in columns.zip(sums) {
-        let normalized = (x - mean) * rstd;
-        *scaled = grad * gamma;
-        scaled_sum += *scaled;
-        projection += *scaled * normalized;
-        *grad_gamma += grad * normalized;
-        *grad_beta += grad;
-    }
-    let (scaled_mean, projection) = (scaled_sum / count, projection / count);
-    for (x, grad_x) in x.iter().zip(grad_x.iter_mut()) {
-        let normalized = (x - mean) * rstd;
-        *grad_x = rstd * (*grad_x - scaled_mean - normalized * projection);
+    let features = gamma.len();
+    let count = features as f32;
+    let rows = x
+        .chunks_exact(features)
+        .zip(grad.chunks_exact(features))
+        .zip(grad_x.chunks_exact_mut(features));
+    for ((x, grad), normalized) in rows {
+        let mean = simd::sum(x) / count;
+        for (centred, x) in normalized.iter_mut().zip(x) {
+            *centred = x - mean;
+        }
+        let rstd = 1.0 / (simd::dot(normalized, normalized) / count + epsilon).sqrt();
+        for value in normalized.iter_mut() {
+            *value *= rstd;
+        }
+        let sums = grad_gamma.iter_mut().zip(grad_beta.iter_mut());
+        for ((grad_gamma, grad_beta), (grad, normalized)) in sums.zip(grad.iter().zip(&*normalized))
+        {
+            *grad_gamma += grad * normalized;
+            *grad_beta += grad;
+        }
+        let scaled_mean = simd::dot(grad, gamma) / count;
+        let projection = simd::dot3(grad, gamma, normalized) / count;
+        for ((value, grad), gamma) in normalized.iter_mut().zip(grad).zip(gamma) {
+            *value = rstd * (grad * gamma - scaled_mean - *value * projection);
+        }
     }
 }
 

@@ -59,6 +59,30 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// `Σ a_i · b_i · c_i` over the shortest of the three, in [`LANES`] partial sums.
+#[inline(always)]
+pub(super) fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+    let (a, b, c) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let tail: f32 = a
+        .remainder()
+        .iter()
+        .zip(b.remainder())
+        .zip(c.remainder())
+        .map(|((a, b), c)| a * b * c)
+        .sum();
+    let mut lanes = [0.0f32; LANES];
+    for ((a, b), c) in a.zip(b).zip(c) {
+        for lane in 0..LANES {
+            lanes[lane] += a[lane] * b[lane] * c[lane];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// `Σ x_i`, in [`LANES`] partial sums.
 #[inline(always)]
 pub(super) fn sum(x: &[f32]) -> f32 {
