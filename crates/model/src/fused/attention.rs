@@ -191,10 +191,10 @@ fn forward_images<const HEAD_DIM: usize>(
         .zip(qkv.chunks(sizes.projection_len()));
     for ((context, weights), qkv) in images {
         for (index, weights) in weights.chunks_exact_mut(kept * tokens).enumerate() {
-            head.gather(qkv, sizes, index);
+            head.gather(qkv, sizes, index, VALUE);
             // scores = q · kᵀ, [kept, tokens]
             weights.fill(0.0);
-            multiply_add(weights, &head.queries, &head.keys_t);
+            multiply_add(weights, &head.queries, &head.transposed);
             for row in weights.chunks_exact_mut(tokens) {
                 softmax_in_place(row);
             }
@@ -204,7 +204,7 @@ fn forward_images<const HEAD_DIM: usize>(
                 .zip(weights.chunks_exact(tokens));
             for (context, row) in rows {
                 let out = &mut context[index * HEAD_DIM..(index + 1) * HEAD_DIM];
-                out.copy_from_slice(&weighted_sum(row, &head.values));
+                out.copy_from_slice(&weighted_sum(row, &head.rows));
             }
         }
     }
@@ -239,18 +239,16 @@ fn multiply_add<const N: usize>(out: &mut [f32], a: &[[f32; N]], b: &[f32]) {
     }
 }
 
-/// One image's queries, keys and values for one head, gathered from the projection's rows.
+/// One image's queries, keys and values for one head, gathered from the projection's rows in
+/// the layouts each pass reads: the forward pass the keys transposed and the values as rows, the
+/// backward pass the keys as rows and the values transposed.
 struct HeadScratch<const HEAD_DIM: usize> {
     /// `[kept][head_dim]`
     queries: Vec<[f32; HEAD_DIM]>,
-    /// `[tokens][head_dim]`
-    keys: Vec<[f32; HEAD_DIM]>,
-    /// `[head_dim, tokens]`
-    keys_t: Vec<f32>,
-    /// `[tokens][head_dim]`
-    values: Vec<[f32; HEAD_DIM]>,
-    /// `[head_dim, tokens]`
-    values_t: Vec<f32>,
+    /// `[tokens][head_dim]`: the keys (backward) or the values (forward).
+    rows: Vec<[f32; HEAD_DIM]>,
+    /// `[head_dim, tokens]`: the keys (forward) or the values (backward), transposed.
+    transposed: Vec<f32>,
     /// The gradient of the attention weights, then of the scores, `[kept, tokens]`.
     grad_weights: Vec<f32>,
 }
@@ -259,25 +257,22 @@ impl<const HEAD_DIM: usize> HeadScratch<HEAD_DIM> {
     fn new(sizes: Sizes) -> Self {
         Self {
             queries: vec![[0.0; HEAD_DIM]; sizes.kept],
-            keys: vec![[0.0; HEAD_DIM]; sizes.tokens],
-            keys_t: vec![0.0; HEAD_DIM * sizes.tokens],
-            values: vec![[0.0; HEAD_DIM]; sizes.tokens],
-            values_t: vec![0.0; HEAD_DIM * sizes.tokens],
+            rows: vec![[0.0; HEAD_DIM]; sizes.tokens],
+            transposed: vec![0.0; HEAD_DIM * sizes.tokens],
             grad_weights: vec![0.0; sizes.kept * sizes.tokens],
         }
     }
 
+    /// The queries, the `as_rows` part (KEY or VALUE) as rows and the other one transposed.
     #[inline(always)]
-    fn gather(&mut self, qkv: &[f32], sizes: Sizes, head: usize) {
+    fn gather(&mut self, qkv: &[f32], sizes: Sizes, head: usize, as_rows: usize) {
         let tokens = sizes.tokens;
+        let as_transposed = KEY + VALUE - as_rows;
         for token in 0..tokens {
-            let key = sizes.part(qkv, KEY, token, head);
-            let value = sizes.part(qkv, VALUE, token, head);
-            self.keys[token].copy_from_slice(key);
-            self.values[token].copy_from_slice(value);
+            self.rows[token].copy_from_slice(sizes.part(qkv, as_rows, token, head));
+            let source = sizes.part(qkv, as_transposed, token, head);
             for column in 0..HEAD_DIM {
-                self.keys_t[column * tokens + token] = key[column];
-                self.values_t[column * tokens + token] = value[column];
+                self.transposed[column * tokens + token] = source[column];
             }
         }
         for (query, row) in self.queries.iter_mut().enumerate() {
@@ -330,12 +325,12 @@ fn backward_images<const HEAD_DIM: usize>(
         .zip(grad.chunks(sizes.context_len()));
     for (((grad_qkv, qkv), weights), grad) in images {
         for (index, weights) in weights.chunks_exact(kept * tokens).enumerate() {
-            head.gather(qkv, sizes, index);
+            head.gather(qkv, sizes, index, KEY);
             for (row, grad) in grad_context.iter_mut().zip(grad.chunks_exact(dim)) {
                 row.copy_from_slice(&grad[index * HEAD_DIM..(index + 1) * HEAD_DIM]);
             }
             head.grad_weights.fill(0.0);
-            multiply_add(&mut head.grad_weights, &grad_context, &head.values_t);
+            multiply_add(&mut head.grad_weights, &grad_context, &head.transposed);
             for token in 0..tokens {
                 let column = weights.iter().skip(token).step_by(tokens);
                 let grad_value = weighted_sum(column, &grad_context);
@@ -351,7 +346,7 @@ fn backward_images<const HEAD_DIM: usize>(
                 }
             }
             for (query, grad_scores) in head.grad_weights.chunks_exact(tokens).enumerate() {
-                let grad_query = weighted_sum(grad_scores, &head.keys);
+                let grad_query = weighted_sum(grad_scores, &head.rows);
                 sizes
                     .part_mut(grad_qkv, QUERY, query, index)
                     .copy_from_slice(&grad_query);
