@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""PyTorch eager's figures for the tutorial ViT, measured as crates/trainer/benches/backends.rs
-measures each Burn backend: training images/s at batch 100 (Adam, cross-entropy, warm-up
-excluded), inference latency p50/p99 at batch 1, inference images/s at batch 1000, peak RSS.
-Prints one JSON line. Uses the reference model of tools/torch_reference.py and as many threads
-as the machine has cores, like the Rust side.
+"""PyTorch eager's figures for the tutorial ViT, or for the model and batch of `--config FILE`
+(a training config's `model` and `batch_size`, or a model config at batch 100), measured as
+crates/trainer/benches/backends measures each Burn backend: training images/s at the training
+batch (Adam, cross-entropy, warm-up excluded), inference latency p50/p99 at batch 1, inference
+images/s at batch 1000, peak RSS. Prints one JSON line. Uses the reference model of
+tools/torch_reference.py and as many threads as the machine has cores, like the Rust side.
 """
+
+import argparse
 
 import json
 import math
@@ -41,13 +44,27 @@ def percentile(values, p):
     return ordered[min(max(rank, 1), len(ordered)) - 1]
 
 
+def workload(path):
+    """The model config and training batch of a training or model config file."""
+    if path is None:
+        return TUTORIAL, 100
+    config = json.loads(Path(path).read_text())
+    if "model" in config:
+        return config["model"], config.get("batch_size", 100)
+    return config, 100
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="a training or model config (default: the tutorial)")
+    config, batch = workload(parser.parse_args().config)
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    model = Vit(TUTORIAL)
+    model = Vit(config)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3, eps=1e-8)
-    images = torch.randn(100, 1, 28, 28)
-    targets = torch.arange(100) % 10
+    side, channels = config["image_size"], config["channels"]
+    images = torch.randn(batch, channels, side, side)
+    targets = torch.arange(batch) % config["num_classes"]
 
     def step():
         loss = F.cross_entropy(model(images), targets)
@@ -59,13 +76,14 @@ def main():
     model.train()
     train = timed(step, 3, 10, 30, 60)
     model.eval()
-    one, large = torch.randn(1, 1, 28, 28), torch.randn(1000, 1, 28, 28)
+    one = torch.randn(1, channels, side, side)
+    large = torch.randn(1000, channels, side, side)
     with torch.inference_mode():
         latency = timed(lambda: model(one).softmax(1), 10, 50, 500, 20)
         throughput = timed(lambda: model(large).softmax(1), 1, 3, 10, 30)
     print(json.dumps({
         "backend": f"pytorch {torch.__version__.split('+')[0]}",
-        "train_images_per_s": 100 / percentile(train, 50),
+        "train_images_per_s": batch / percentile(train, 50),
         "train_steps_timed": len(train),
         "latency_p50_ms": 1e3 * percentile(latency, 50),
         "latency_p99_ms": 1e3 * percentile(latency, 99),

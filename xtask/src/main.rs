@@ -142,13 +142,14 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
     for backend in &measured {
         cargo.args(["--backend", backend]);
     }
-    // cargo runs benches in their package's directory: make `--out` mean what the user meant.
+    // cargo runs benches in their package's directory: make `--out` and `--config` mean what
+    // the user meant.
     let here = std::env::current_dir().map_err(|error| error.to_string())?;
     let mut rest = rest.into_iter();
     while let Some(arg) = rest.next() {
-        let is_out = arg == "--out";
+        let is_path = arg == "--out" || arg == "--config";
         cargo.arg(arg);
-        if is_out && let Some(path) = rest.next() {
+        if is_path && let Some(path) = rest.next() {
             cargo.arg(here.join(path));
         }
     }

@@ -1,9 +1,10 @@
-//! Speed and memory of the tutorial ViT on each compiled-in backend, side by side with PyTorch
-//! eager (`tools/torch_bench.py`) when a Python with torch is given. Run it as
-//! `cargo xtask bench [--backend B]…`; it prints a table and writes JSON under `artifacts/`.
+//! Speed and memory of the tutorial ViT (or the model and batch of `--config FILE`) on each
+//! compiled-in backend, side by side with PyTorch eager (`tools/torch_bench.py`) when a Python
+//! with torch is given. Run it as `cargo xtask bench [--backend B]… [--config FILE]`; it prints a
+//! table and writes JSON under `artifacts/`.
 //!
 //! Each backend runs in a child process of its own, so its peak RSS is its own. Measured:
-//! training images/s at batch 100 (Adam, cross-entropy; steady state, warm-up steps excluded),
+//! training images/s at the training batch (Adam, cross-entropy; steady state, warm-up excluded),
 //! inference latency p50/p99 at batch 1, inference images/s at batch 1000, peak RSS.
 //! `--rounds N` (default 3) measures everything N times, interleaved; each row is the round with
 //! that backend's median training figure, and the ratio to PyTorch is the median of the
@@ -16,6 +17,7 @@
 
 mod measure;
 mod report;
+mod workload;
 
 use std::process::Command;
 
@@ -25,15 +27,27 @@ use vit_trainer::backend::{compiled, compiled_devices};
 
 use measure::{Figures, measure, phases};
 use report::{Report, Round};
+use workload::Workload;
 
 fn main() {
     // As the trainer runs, so that the figures are the trainer's.
     vit_trainer::memory::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let config = args
+        .iter()
+        .position(|arg| arg == "--config")
+        .map(|position| args.get(position + 1).cloned().unwrap_or_default());
+    let workload = match &config {
+        None => Workload::tutorial(),
+        Some(path) => Workload::from_file(std::path::Path::new(path)).unwrap_or_else(|message| {
+            eprintln!("error: --config {message}");
+            std::process::exit(1);
+        }),
+    };
     // `cargo bench` passes `--bench`; the child mode is `--child <backend>`.
     if let Some(position) = args.iter().position(|arg| arg == "--child") {
         let backend = &args[position + 1];
-        let figures = measure(backend, &device(backend));
+        let figures = measure(backend, &device(backend), &workload);
         println!(
             "{}",
             serde_json::to_string(&figures).expect("figures serialise")
@@ -56,7 +70,7 @@ fn main() {
                 std::process::exit(1);
             }),
         };
-        phases(&device(backend), steps);
+        phases(&device(backend), steps, &workload);
         return;
     }
     let options = Options::parse(&args);
@@ -68,7 +82,7 @@ fn main() {
         let mut backends = Vec::new();
         for backend in &options.backends {
             eprintln!("round {round}/{}: measuring {backend} …", options.rounds);
-            match child(backend) {
+            match child(backend, config.as_deref()) {
                 Ok(figures) => backends.push(figures),
                 Err(message) => {
                     eprintln!("error: {backend}: {message}");
@@ -81,7 +95,7 @@ fn main() {
                 "round {round}/{}: measuring PyTorch eager …",
                 options.rounds
             );
-            pytorch(python).unwrap_or_else(|message| {
+            pytorch(python, config.as_deref()).unwrap_or_else(|message| {
                 eprintln!("error: PyTorch: {message}");
                 std::process::exit(1);
             })
@@ -91,7 +105,7 @@ fn main() {
             pytorch_eager,
         });
     }
-    let report = Report::new(rounds);
+    let report = Report::new(rounds, &workload);
     println!("{}", report.table());
     if let Err(message) = report.save(&options.out) {
         eprintln!("error: {message}");
@@ -169,10 +183,11 @@ fn device(backend: &str) -> Device {
 }
 
 /// Runs this program again as `--child backend` and reads its figures.
-fn child(backend: &str) -> Result<Figures, String> {
+fn child(backend: &str, config: Option<&str>) -> Result<Figures, String> {
     let exe = std::env::current_exe().map_err(|error| error.to_string())?;
     let output = Command::new(exe)
         .args(["--child", backend])
+        .args(config.into_iter().flat_map(|path| ["--config", path]))
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|error| error.to_string())?;
@@ -185,10 +200,11 @@ fn child(backend: &str) -> Result<Figures, String> {
 }
 
 /// `tools/torch_bench.py`, same model, batches and thread count, with `python`.
-fn pytorch(python: &str) -> Result<Figures, String> {
+fn pytorch(python: &str, config: Option<&str>) -> Result<Figures, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/torch_bench.py");
     let output = Command::new(python)
         .arg(script)
+        .args(config.into_iter().flat_map(|path| ["--config", path]))
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|error| format!("cannot run {python}: {error}"))?;

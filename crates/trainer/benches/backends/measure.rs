@@ -9,11 +9,12 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
-use vit_model::{Vit, VitConfig};
+use vit_model::Vit;
 use vit_trainer::optim::{Adam, AdamSettings, WeightDecay};
 use vit_trainer::parallel::{sliced_gradients, step_slices};
 
-const TRAIN_BATCH: usize = 100;
+use crate::workload::Workload;
+
 const LARGE_BATCH: usize = 1000;
 
 /// One backend's figures.
@@ -38,8 +39,8 @@ struct Plan {
     budget: Duration,
 }
 
-/// `backend`'s figures on `device`.
-pub(crate) fn measure(backend: &str, device: &Device) -> Figures {
+/// `backend`'s figures on `device` for `workload`.
+pub(crate) fn measure(backend: &str, device: &Device, workload: &Workload) -> Figures {
     let slow = backend == "wgpu" && std::env::var_os("VIT_BENCH_FULL").is_none();
     let plan = |warm_up, min, max, seconds| Plan {
         warm_up: if slow { 1 } else { warm_up },
@@ -47,10 +48,11 @@ pub(crate) fn measure(backend: &str, device: &Device) -> Figures {
         max,
         budget: Duration::from_secs(seconds),
     };
-    let config = VitConfig::tutorial();
+    let config = &workload.model;
+    let side = config.image_size;
 
     // Training: one Adam step per timed run, synchronised by reading the loss.
-    let mut training = TrainingStep::new(device);
+    let mut training = TrainingStep::new(device, workload);
     let train = time(&plan(3, 10, 30, 60), || {
         let (gradients, loss) = training.gradients();
         let _ = loss.into_scalar::<f32>();
@@ -59,13 +61,19 @@ pub(crate) fn measure(backend: &str, device: &Device) -> Figures {
     drop(training);
 
     // Inference on the plain device.
-    let model = config.init(device).expect("tutorial config is valid");
-    let one = Tensor::<4>::random([1, 1, 28, 28], Distribution::Normal(0.0, 1.0), device);
+    let model = config
+        .init(device)
+        .expect("the workload's config is validated");
+    let one = Tensor::<4>::random(
+        [1, config.channels, side, side],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
     let latency = time(&plan(10, 50, 500, 20), || {
         let _ = model.predict(one.clone()).into_data();
     });
     let large = Tensor::<4>::random(
-        [LARGE_BATCH, 1, 28, 28],
+        [LARGE_BATCH, config.channels, side, side],
         Distribution::Normal(0.0, 1.0),
         device,
     );
@@ -76,7 +84,7 @@ pub(crate) fn measure(backend: &str, device: &Device) -> Figures {
     let train_median = percentile(&train, 50.0);
     Figures {
         backend: backend.to_string(),
-        train_images_per_s: TRAIN_BATCH as f64 / train_median,
+        train_images_per_s: workload.batch as f64 / train_median,
         train_steps_timed: train.len(),
         latency_p50_ms: 1e3 * percentile(&latency, 50.0),
         latency_p99_ms: 1e3 * percentile(&latency, 99.0),
@@ -86,11 +94,12 @@ pub(crate) fn measure(backend: &str, device: &Device) -> Figures {
     }
 }
 
-/// The tutorial model with Adam, a fixed batch of random images and its labels, on the
+/// The workload's model with Adam, a fixed batch of random images and its labels, on the
 /// autodiff version of a device; the batch is cut into slices on threads as the trainer cuts
 /// it.
 struct TrainingStep {
     model: Option<Vit>,
+    batch: usize,
     slices: usize,
     optimiser: ModuleOptimizer,
     images: Tensor<4>,
@@ -99,21 +108,25 @@ struct TrainingStep {
 }
 
 impl TrainingStep {
-    fn new(device: &Device) -> Self {
+    fn new(device: &Device, workload: &Workload) -> Self {
         let device = device.clone().autodiff();
+        let (config, batch) = (&workload.model, workload.batch);
+        let side = config.image_size;
         let images = Tensor::<4>::random(
-            [TRAIN_BATCH, 1, 28, 28],
+            [batch, config.channels, side, side],
             Distribution::Normal(0.0, 1.0),
             &device,
         );
-        let labels: Vec<i64> = (0..TRAIN_BATCH as i64).map(|i| i % 10).collect();
+        let classes = config.num_classes as i64;
+        let labels: Vec<i64> = (0..batch as i64).map(|i| i % classes).collect();
         Self {
             model: Some(
-                VitConfig::tutorial()
+                config
                     .init(&device)
-                    .expect("tutorial config is valid"),
+                    .expect("the workload's config is validated"),
             ),
-            slices: step_slices(&device, TRAIN_BATCH),
+            batch,
+            slices: step_slices(&device, batch),
             // The trainer's Adam, with PyTorch's defaults.
             optimiser: ModuleOptimizer::from(Adam::new(AdamSettings {
                 beta_1: 0.9,
@@ -122,7 +135,7 @@ impl TrainingStep {
                 weight_decay: WeightDecay::None,
             })),
             images,
-            targets: Tensor::from_data(TensorData::new(labels, [TRAIN_BATCH]), &device),
+            targets: Tensor::from_data(TensorData::new(labels, [batch]), &device),
             loss_fn: CrossEntropyLossConfig::new().init(&device),
         }
     }
@@ -143,7 +156,7 @@ impl TrainingStep {
     /// The batch's gradients and mean loss, as the trainer's step computes them.
     fn gradients(&self) -> (GradientsParams, Tensor<1>) {
         let (gradients, loss, _) =
-            sliced_gradients(self.model(), TRAIN_BATCH, self.slices, |model, range| {
+            sliced_gradients(self.model(), self.batch, self.slices, |model, range| {
                 (self.loss(model, range), ())
             });
         (gradients, loss)
@@ -160,13 +173,13 @@ impl TrainingStep {
 
 /// Prints the median forward, backward and optimiser time of `steps` training steps at the
 /// training batch, after three warm-up steps.
-pub(crate) fn phases(device: &Device, steps: usize) {
-    let mut training = TrainingStep::new(device);
+pub(crate) fn phases(device: &Device, steps: usize, workload: &Workload) {
+    let mut training = TrainingStep::new(device, workload);
     let mut seconds = [Vec::new(), Vec::new(), Vec::new()];
     for step in 0..steps + 3 {
         let start = Instant::now();
         let (forward, gradients) = if training.slices == 1 {
-            let loss = training.loss(training.model(), 0..TRAIN_BATCH);
+            let loss = training.loss(training.model(), 0..training.batch);
             let _ = loss.clone().into_scalar::<f32>();
             let forward = start.elapsed();
             (

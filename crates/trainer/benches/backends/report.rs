@@ -33,7 +33,7 @@ struct Ratio {
 pub(crate) struct Report {
     machine: String,
     cores: usize,
-    model: &'static str,
+    model: String,
     /// For each backend (and PyTorch), the round with its median training images/s.
     backends: Vec<Figures>,
     pytorch_eager: Option<Figures>,
@@ -42,7 +42,7 @@ pub(crate) struct Report {
 }
 
 impl Report {
-    pub(crate) fn new(rounds: Vec<Round>) -> Self {
+    pub(crate) fn new(rounds: Vec<Round>, workload: &crate::workload::Workload) -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let machine = cpuinfo
             .lines()
@@ -78,7 +78,10 @@ impl Report {
         Self {
             machine,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
-            model: "tutorial ViT (213,642 parameters), 28x28 inputs",
+            model: format!(
+                "{}: {}x{} inputs, batch {}",
+                workload.name, workload.model.image_size, workload.model.image_size, workload.batch
+            ),
             backends,
             pytorch_eager,
             train_vs_pytorch,
@@ -88,7 +91,7 @@ impl Report {
 
     pub(crate) fn table(&self) -> String {
         let mut lines = vec![
-            format!("{} ({} cores)", self.machine, self.cores),
+            format!("{} ({} cores); {}", self.machine, self.cores, self.model),
             format!(
                 "| {:<13} | {:>14} | {:>9} | {:>9} | {:>15} | {:>9} | {:>18} |",
                 "backend",
