@@ -15,12 +15,12 @@ pub const LOSS_CHART: &str = "loss.png";
 pub const ACCURACY_CHART: &str = "accuracy.png";
 pub const CONFUSION_CHART: &str = "confusion.png";
 
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 const SIZE: (u32, u32) = (800, 500);
 /// More epoch labels than this overlap on the x axis; plotters then labels round epochs.
 const MAX_EPOCH_LABELS: usize = 20;
 
-fn register_font() {
+pub(crate) fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let bytes = include_bytes!("../assets/DejaVuSansMono.ttf");
@@ -205,7 +205,11 @@ fn cell_centre(chart: &Grid<'_>, x: usize, y: usize) -> (i32, i32) {
     ((left + right) / 2, (top + bottom) / 2)
 }
 
-fn save_rgb(path: &Path, (width, height): (u32, u32), pixels: Vec<u8>) -> anyhow::Result<()> {
+pub(crate) fn save_rgb(
+    path: &Path,
+    (width, height): (u32, u32),
+    pixels: Vec<u8>,
+) -> anyhow::Result<()> {
     let image = image::RgbImage::from_raw(width, height, pixels).context("chart buffer size")?;
     save_png(path, &image::DynamicImage::ImageRgb8(image))
 }
@@ -220,6 +224,6 @@ pub fn save_png(path: &Path, image: &image::DynamicImage) -> anyhow::Result<()> 
     .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn plot_error(error: impl std::fmt::Display) -> anyhow::Error {
+pub(crate) fn plot_error(error: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("cannot draw a chart: {error}")
 }

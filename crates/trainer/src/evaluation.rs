@@ -21,6 +21,21 @@ pub struct Evaluation {
     pub per_class_accuracy: Vec<f64>,
     /// `confusion[label][predicted]` counts.
     pub confusion: Vec<Vec<u64>>,
+    /// The images the model got wrong, in dataset order (drawn into `mistakes.png`, not kept
+    /// in reports).
+    #[serde(skip)]
+    pub mistakes: Vec<Mistake>,
+}
+
+/// An image the model classified wrongly, and how sure it was.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mistake {
+    /// Index in the evaluated dataset.
+    pub index: usize,
+    pub label: usize,
+    pub predicted: usize,
+    /// The probability the model gave its prediction.
+    pub probability: f32,
 }
 
 /// Runs `model` over every image of `dataset` in batches of `batch_size`, each prediction
@@ -33,6 +48,7 @@ pub fn evaluate(
     device: &Device,
 ) -> Evaluation {
     let mut confusion = vec![vec![0u64; CLASSES]; CLASSES];
+    let mut mistakes = Vec::new();
     let mut loss_sum = 0.0;
     let indices: Vec<usize> = (0..dataset.len()).collect();
     for chunk in indices.chunks(batch_size) {
@@ -52,6 +68,7 @@ pub fn evaluate(
         let targets = batch.targets.clone().reshape([chunk.len(), 1]);
         let loss = -log_probabilities.clone().gather(1, targets).sum();
         loss_sum += f64::from(loss.into_scalar::<f32>());
+        let confidence = floats(log_probabilities.clone().max_dim(1).exp());
         let predicted = log_probabilities
             .argmax(1)
             .into_data()
@@ -64,14 +81,32 @@ pub fn evaluate(
             .convert::<i64>()
             .try_to_vec::<i64>()
             .expect("int data");
-        for (label, guess) in labels.iter().zip(&predicted) {
-            confusion[*label as usize][*guess as usize] += 1;
+        let answers = chunk.iter().zip(labels).zip(predicted).zip(confidence);
+        for (((&index, label), guess), probability) in answers {
+            let (label, predicted) = (label as usize, guess as usize);
+            confusion[label][predicted] += 1;
+            if label != predicted {
+                mistakes.push(Mistake {
+                    index,
+                    label,
+                    predicted,
+                    probability,
+                });
+            }
         }
     }
-    summarise(confusion, loss_sum)
+    summarise(confusion, loss_sum, mistakes)
 }
 
-fn summarise(confusion: Vec<Vec<u64>>, loss_sum: f64) -> Evaluation {
+fn floats(tensor: Tensor<2>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("float data")
+}
+
+fn summarise(confusion: Vec<Vec<u64>>, loss_sum: f64, mistakes: Vec<Mistake>) -> Evaluation {
     let images: u64 = confusion.iter().flatten().sum();
     let correct: u64 = (0..CLASSES).map(|c| confusion[c][c]).sum();
     let per_class_accuracy = (0..CLASSES)
@@ -90,6 +125,7 @@ fn summarise(confusion: Vec<Vec<u64>>, loss_sum: f64) -> Evaluation {
         loss: loss_sum / images.max(1) as f64,
         per_class_accuracy,
         confusion,
+        mistakes,
     }
 }
 
@@ -129,7 +165,7 @@ mod tests {
         confusion[0][0] = 3;
         confusion[0][6] = 1;
         confusion[1][1] = 4;
-        let evaluation = summarise(confusion, 1.6);
+        let evaluation = summarise(confusion, 1.6, Vec::new());
         assert_eq!(evaluation.images, 8);
         assert_eq!(evaluation.accuracy, 87.5);
         assert_eq!(evaluation.per_class_accuracy[0], 75.0);

@@ -9,6 +9,7 @@ mod fault;
 mod guard;
 mod history;
 mod infer;
+mod mistakes;
 mod renderer;
 mod run_dir;
 mod training;
@@ -257,7 +258,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if split == Split::Test {
                 let chart = run.path().join(charts::CONFUSION_CHART);
                 charts::confusion_matrix(&evaluation.confusion, &chart)?;
-                println!("confusion matrix drawn in {}", chart.display());
+                let gallery = run.path().join(mistakes::MISTAKES_CHART);
+                mistakes::draw(&dataset, &evaluation.mistakes, &gallery)?;
+                println!(
+                    "confusion matrix drawn in {}, the mistakes in {}",
+                    chart.display(),
+                    gallery.display()
+                );
             }
         }
         Command::AugmentPreview {

@@ -101,6 +101,22 @@ fn train_then_eval_then_infer_on_synthetic_digits() {
         "{}",
         text(&evaluated)
     );
+    // One cell per misclassified test image, under a title line, ten to a row.
+    let misses = 100
+        - report["test"]["confusion"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(label, row)| row[label].as_u64().unwrap())
+            .sum::<u64>();
+    let gallery = image::open(Path::new(run_dir).join("mistakes.png")).unwrap();
+    assert_eq!(gallery.width(), 1100);
+    assert_eq!(
+        gallery.height(),
+        34 + 116 * misses.div_ceil(10) as u32,
+        "{misses} mistakes"
+    );
 
     let png = work.path().join("seven.png");
     image::GrayImage::from_raw(28, 28, bar(7))

@@ -300,5 +300,10 @@ fn test_once(prepared: &Prepared, run: &RunDir, device: &Device) -> anyhow::Resu
         device,
     );
     charts::confusion_matrix(&test.confusion, &run.path().join(charts::CONFUSION_CHART))?;
+    crate::mistakes::draw(
+        &test_set,
+        &test.mistakes,
+        &run.path().join(crate::mistakes::MISTAKES_CHART),
+    )?;
     Ok(test)
 }
