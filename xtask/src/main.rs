@@ -23,7 +23,14 @@ use std::process::{Command, ExitCode};
 
 use backend::{BACKENDS, DEFAULT_BACKEND, Torch, prepare, take_backend, take_backends};
 
-const TRAINER_COMMANDS: [&str; 5] = ["train", "eval", "infer", "import", "augment-preview"];
+const TRAINER_COMMANDS: [&str; 6] = [
+    "train",
+    "eval",
+    "infer",
+    "explain",
+    "import",
+    "augment-preview",
+];
 /// The PyTorch twin of the model, run by `cargo xtask reference`.
 const REFERENCE_SCRIPT: &str = "tools/torch_reference.py";
 /// Always in the test build: the unit tests are written against them and they need nothing.

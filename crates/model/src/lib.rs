@@ -9,6 +9,7 @@
 //!   that embed a trained model (`examples/predict.rs`).
 //! - [`mnist_style`]: any picture of a digit as MNIST shows one (cropped, 20×20, centred), the
 //!   way `vit-trainer infer` reads image files.
+//! - [`explain`]: the attention rollout and the last block's attention maps of an image.
 //! - [`Views`]: test-time augmentation, probabilities averaged over one-pixel shifts.
 //! - [`interchange`] moves weights to and from PyTorch as safetensors.
 //! - [`input`] is the pixel normalisation the network was trained with.
@@ -16,6 +17,7 @@
 
 pub mod artifact;
 mod config;
+pub mod explain;
 pub mod fused;
 pub mod input;
 pub mod interchange;

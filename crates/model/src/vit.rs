@@ -105,6 +105,35 @@ impl Vit {
     /// Class logits `[batch, classes]` for images `[batch, channels, height, width]` whose
     /// sides are the configured image size (normalised as in training).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let (mut x, batch, sequence) = self.embed(images);
+        // Only the class token's output reaches the head, so the last block computes no other.
+        let (last, others) = self.blocks.split_last().expect("a valid config has blocks");
+        for block in others {
+            x = block.forward(x, batch, sequence);
+        }
+        let class_output = last.forward(x, batch, 1); // [batch, dim]
+        self.head.forward(class_output) // [batch, classes]
+    }
+
+    /// The logits of [`Vit::forward`] and, for every block, its attention weights `[batch,
+    /// heads, tokens, tokens]` (token 0 is the class token, then the patches row by row): what
+    /// pictures of the model's attention are drawn from. Slower than `forward`, which keeps no
+    /// weights and computes only the class token in the last block.
+    pub fn forward_with_attention(&self, images: Tensor<4>) -> (Tensor<2>, Vec<Tensor<4>>) {
+        let (mut x, batch, _) = self.embed(images);
+        let mut maps = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let (next, weights) = block.forward_with_attention(x, batch);
+            x = next;
+            maps.push(weights);
+        }
+        let class_output = first_tokens(x, batch, 1);
+        (self.head.forward(class_output), maps)
+    }
+
+    /// The stem, the patches and their embedding, the class token and the positions: the
+    /// tokens `[batch * sequence, dim]` the blocks read, with `batch` and `sequence`.
+    fn embed(&self, images: Tensor<4>) -> (Tensor<2>, usize, usize) {
         // [batch, patch channels, height, width]
         let images = self.stem.iter().fold(images, |map, convolution| {
             fused::gelu(convolution.forward(map))
@@ -129,17 +158,11 @@ impl Vit {
         let class_token = self.class_token.val().repeat_dim(0, batch); // [batch, 1, dim]
         let x = Tensor::cat(vec![class_token, tokens], 1) + self.position_embedding.val();
         let sequence = rows * cols + 1;
-        let mut x = self
+        let x = self
             .embedding_dropout
             .forward(x)
             .reshape([batch * sequence, dim]); // [batch * 17, dim]
-        // Only the class token's output reaches the head, so the last block computes no other.
-        let (last, others) = self.blocks.split_last().expect("a valid config has blocks");
-        for block in others {
-            x = block.forward(x, batch, sequence);
-        }
-        let class_output = last.forward(x, batch, 1); // [batch, dim]
-        self.head.forward(class_output) // [batch, classes]
+        (x, batch, sequence)
     }
 
     /// The `[channels, height, width]` of the images this network reads, from its weights.
@@ -168,6 +191,20 @@ impl EncoderBlock {
         let x = first_tokens(x, batch, kept) + self_attention(&self.attention, normed, batch, kept);
         let normed = normalize(&self.mlp_norm, x.clone());
         x + feed_forward(&self.mlp, normed)
+    }
+
+    /// [`EncoderBlock::forward`] for every token, with the attention weights `[batch, heads,
+    /// tokens, tokens]`.
+    fn forward_with_attention(&self, x: Tensor<2>, batch: usize) -> (Tensor<2>, Tensor<4>) {
+        let tokens = x.dims()[0] / batch;
+        let normed = normalize(&self.attention_norm, x.clone());
+        let qkv = projections(&self.attention, normed);
+        let heads = self.attention.n_heads;
+        let (context, weights) =
+            fused::attention_and_weights(qkv, batch, heads, tokens, &self.attention.dropout);
+        let x = x + self.attention.output.forward(context);
+        let normed = normalize(&self.mlp_norm, x.clone());
+        (x + feed_forward(&self.mlp, normed), weights)
     }
 }
 
@@ -212,9 +249,17 @@ fn self_attention(
     batch: usize,
     kept: usize,
 ) -> Tensor<2> {
+    let heads = attention.n_heads;
+    let qkv = projections(attention, x);
+    let context = fused::attention(qkv, batch, heads, kept, &attention.dropout);
+    attention.output.forward(context)
+}
+
+/// The queries (scaled by `1/sqrt(head_dim)`), keys and values of every head for the rows of
+/// `x`, in one matrix product: `[rows, 3 * dim]`.
+fn projections(attention: &MultiHeadAttention, x: Tensor<2>) -> Tensor<2> {
     let dim = x.dims()[1];
-    let (heads, head_dim) = (attention.n_heads, attention.d_k);
-    let scale = 1.0 / (head_dim as f32).sqrt();
+    let scale = 1.0 / (attention.d_k as f32).sqrt();
     let projections = [
         (&attention.query, scale),
         (&attention.key, 1.0),
@@ -239,9 +284,7 @@ fn self_attention(
                 });
             Tensor::cat(biases.collect(), 0)
         });
-    let qkv = linear(x, weight, bias); // [batch * tokens, 3 * dim]
-    let context = fused::attention(qkv, batch, heads, kept, &attention.dropout);
-    attention.output.forward(context)
+    linear(x, weight, bias) // [rows, 3 * dim]
 }
 
 /// `tensor · factor`, with no operation (and no backward step) for a factor of 1.

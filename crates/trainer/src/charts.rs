@@ -205,6 +205,22 @@ fn cell_centre(chart: &Grid<'_>, x: usize, y: usize) -> (i32, i32) {
     ((left + right) / 2, (top + bottom) / 2)
 }
 
+/// Paints the square of `side` pixels at `(left, top)` of an RGB buffer `width` pixels wide.
+pub(crate) fn fill_square(
+    pixels: &mut [u8],
+    width: u32,
+    (left, top): (u32, u32),
+    side: u32,
+    colour: [u8; 3],
+) {
+    for row in top..top + side {
+        let start = ((row * width + left) * 3) as usize;
+        for pixel in pixels[start..start + (side * 3) as usize].chunks_exact_mut(3) {
+            pixel.copy_from_slice(&colour);
+        }
+    }
+}
+
 pub(crate) fn save_rgb(
     path: &Path,
     (width, height): (u32, u32),

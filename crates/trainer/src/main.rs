@@ -5,6 +5,7 @@
 mod charts;
 mod config;
 mod evaluation;
+mod explain;
 mod fault;
 mod guard;
 mod history;
@@ -97,6 +98,18 @@ enum Command {
         /// Augmented versions of each, beside the original.
         #[arg(long, default_value_t = 8)]
         draws: usize,
+    },
+    /// Draw what the model looks at in each image: the input it saw, the attention rollout of
+    /// the class token over it, and the last block's attention per head, with the prediction.
+    Explain {
+        #[command(flatten)]
+        run: RunArgs,
+        /// PNG or JPEG images of digits, any size.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Where the pictures go (`<image name>-explain.png`).
+        #[arg(long, default_value = "explain")]
+        out: PathBuf,
     },
     /// Make a run directory from weights trained elsewhere (PyTorch: tools/torch_reference.py):
     /// a safetensors file in the layout `model.safetensors` documents, and its model config.
@@ -336,6 +349,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if failed > 0 {
                 anyhow::bail!("{failed} of {} files gave no prediction", files.len());
+            }
+        }
+        Command::Explain { run, files, out } => {
+            let run = run.open()?;
+            let (model, config) = artifact::load(run.path(), &device)?;
+            check_fits_mnist(&config)
+                .with_context(|| format!("{}: not a model for MNIST", run.path().display()))?;
+            for written in explain::explain_files(&model, &files, &out, &device)? {
+                println!("wrote {}", written.display());
             }
         }
         Command::Import {

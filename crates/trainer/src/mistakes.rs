@@ -7,7 +7,7 @@ use burn::data::dataset::Dataset;
 use plotters::prelude::*;
 use vit_data::{IMAGE_SIDE, MnistDataset};
 
-use crate::charts::{FONT, plot_error, register_font, save_rgb};
+use crate::charts::{FONT, fill_square, plot_error, register_font, save_rgb};
 use crate::evaluation::Mistake;
 
 pub const MISTAKES_CHART: &str = "mistakes.png";
@@ -47,11 +47,8 @@ pub fn draw(dataset: &MnistDataset, mistakes: &[Mistake], path: &Path) -> anyhow
         let left = left + (CELL.0 - IMAGE_SIDE as u32 * ZOOM) / 2;
         for (p, &value) in image.iter().enumerate() {
             let (x, y) = ((p % IMAGE_SIDE) as u32, (p / IMAGE_SIDE) as u32);
-            for dy in 0..ZOOM {
-                let row = top + CAPTION + y * ZOOM + dy;
-                let start = ((row * width + left + x * ZOOM) * 3) as usize;
-                pixels[start..start + (ZOOM * 3) as usize].fill(value);
-            }
+            let corner = (left + x * ZOOM, top + CAPTION + y * ZOOM);
+            fill_square(&mut pixels, width, corner, ZOOM, [value; 3]);
         }
     }
     {

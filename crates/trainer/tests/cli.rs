@@ -131,6 +131,20 @@ fn train_then_eval_then_infer_on_synthetic_digits() {
         text(&inferred)
     );
 
+    // What the model looked at: one picture per image, in the named directory.
+    let pictures = work.path().join("explain");
+    let explained = run(&[
+        "explain",
+        "--run-dir",
+        run_dir,
+        "--out",
+        pictures.to_str().unwrap(),
+        png.to_str().unwrap(),
+    ]);
+    assert!(explained.status.success(), "{}", text(&explained));
+    let picture = image::open(pictures.join("seven-explain.png")).unwrap();
+    assert!(picture.width() > 400 && picture.height() > 300);
+
     // One bad file among good ones: every good file is answered, each bad one named, exit 1.
     let blank = work.path().join("blank.png");
     image::GrayImage::from_pixel(1, 1, image::Luma([128]))

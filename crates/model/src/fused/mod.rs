@@ -237,6 +237,17 @@ pub fn composed_attention(
     kept: usize,
     dropout: &Dropout,
 ) -> Tensor<2> {
+    attention_and_weights(qkv, images, heads, kept, dropout).0
+}
+
+/// [`composed_attention`] and the attention weights `[images, heads, kept, tokens]` it used.
+pub fn attention_and_weights(
+    qkv: Tensor<2>,
+    images: usize,
+    heads: usize,
+    kept: usize,
+    dropout: &Dropout,
+) -> (Tensor<2>, Tensor<4>) {
     let [rows, columns] = qkv.dims();
     let (tokens, dim) = (rows / images, columns / 3);
     let [query, key, value]: [Tensor<4>; 3] = qkv
@@ -248,10 +259,12 @@ pub fn composed_attention(
     let query = query.narrow(2, 0, kept);
     let scores = query.matmul(key.transpose()); // [images, heads, kept, tokens]
     let weights = dropout.forward(softmax(scores));
-    weights
+    let context = weights
+        .clone()
         .matmul(value) // [images, heads, kept, head_dim]
         .swap_dims(1, 2)
-        .reshape([images * kept, dim])
+        .reshape([images * kept, dim]);
+    (context, weights)
 }
 
 /// Whether `x` lives on a backend the extension is built for, in `f32`.
