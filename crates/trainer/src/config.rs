@@ -191,6 +191,12 @@ impl TrainingConfig {
         {
             bail!("early_stopping.patience must be greater than 0");
         }
+        if self.early_stopping.is_some() && self.data.valid_size == 0 {
+            bail!(
+                "early_stopping watches the validation loss, and data.valid_size 0 holds out no \
+                 validation images"
+            );
+        }
         if let Some(count) = self.average_last
             && !(2..=self.epochs).contains(&count)
         {

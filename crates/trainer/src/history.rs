@@ -18,12 +18,15 @@ pub struct EpochMetrics {
     pub valid_accuracy: Option<f64>,
 }
 
-/// The figures of epochs `1..=epochs`, in order; an error naming the first log that is
-/// missing, empty or unreadable.
-pub fn read(run_dir: &Path, epochs: usize) -> anyhow::Result<Vec<EpochMetrics>> {
+/// The figures of epochs `1..=epochs`, in order, with validation figures when `validated`;
+/// an error naming the first log that is missing, empty or unreadable.
+pub fn read(run_dir: &Path, epochs: usize, validated: bool) -> anyhow::Result<Vec<EpochMetrics>> {
     (1..=epochs)
         .map(|epoch| {
             let mean = |split: &str, metric: &str| -> anyhow::Result<Option<f64>> {
+                if split == "valid" && !validated {
+                    return Ok(None);
+                }
                 let path = run_dir.join(format!("{split}/epoch-{epoch}/{metric}.log"));
                 let value = epoch_mean(&path).with_context(|| {
                     format!(
@@ -110,7 +113,7 @@ mod tests {
             log(dir.path(), "valid", epoch, "Accuracy", accuracy);
         }
 
-        let history = read(dir.path(), 3).unwrap();
+        let history = read(dir.path(), 3, true).unwrap();
 
         assert_eq!(history.len(), 3);
         assert!((history[0].train_loss.unwrap() - 5.0 / 3.0).abs() < 1e-12);
@@ -124,14 +127,15 @@ mod tests {
             log(dir.path(), "train", 1, metric, "1,10\n");
             log(dir.path(), "valid", 1, metric, "1,10\n");
         }
-        let error = format!("{:#}", read(dir.path(), 2).unwrap_err());
+        let error = format!("{:#}", read(dir.path(), 2, true).unwrap_err());
+        assert_eq!(read(dir.path(), 1, false).unwrap()[0].valid_loss, None);
         assert!(
             error.contains("epoch-2") && error.contains("Loss.log"),
             "{error}"
         );
 
         log(dir.path(), "valid", 1, "Accuracy", "ninety\n");
-        let error = format!("{:#}", read(dir.path(), 1).unwrap_err());
+        let error = format!("{:#}", read(dir.path(), 1, true).unwrap_err());
         assert!(
             error.contains("valid") && error.contains("ninety"),
             "{error}"

@@ -409,5 +409,13 @@ fn run_data_config(run: &RunDir) -> anyhow::Result<DataConfig> {
             path.display()
         );
     }
-    Ok(TrainingConfig::load(&path)?.data)
+    let data = TrainingConfig::load(&path)?.data;
+    if data.valid_size == 0 {
+        anyhow::bail!(
+            "{} was trained on every training image (data.valid_size 0): it has no validation \
+             split; evaluate the test split instead",
+            run.path().display()
+        );
+    }
+    Ok(data)
 }

@@ -250,3 +250,51 @@ fn the_mean_of_the_last_epochs_is_weighed_against_the_best_epoch_on_validation()
         assert!(checkpoints.join(format!("model-{epoch}.bpk")).is_file());
     }
 }
+
+#[test]
+fn a_run_on_every_training_image_exports_its_last_weights_without_validation() {
+    // The protocol of a final run: no validation split, the export fixed in advance (here the
+    // mean of the last two epochs), the test set once.
+    let work = Work::new(600, |config| {
+        config["epochs"] = 3.into();
+        config["data"] = serde_json::json!({ "valid_size": 0 });
+        config["average_last"] = 2.into();
+    });
+
+    let output = work.train("all").output().unwrap();
+
+    let message = text(&output);
+    assert!(output.status.success(), "{message}");
+    assert!(
+        message.contains("600 training and 0 validation"),
+        "{message}"
+    );
+    let report = work.report("all");
+    assert_eq!(report["train_images"], 600);
+    assert_eq!(report["exported_epoch"], 3);
+    let average = &report["average"];
+    assert_eq!(average["exported"], true, "{report}");
+    assert!(average["valid_accuracy"].is_null(), "{report}");
+    assert!(report.get("valid_views").is_none(), "{report}");
+    for epoch in report["history"].as_array().unwrap() {
+        assert!(
+            epoch["train_loss"].is_f64() && epoch["valid_loss"].is_null(),
+            "{epoch}"
+        );
+    }
+    assert!(report["test"]["accuracy"].is_f64());
+
+    // Early stopping needs a validation loss: refused before anything is written.
+    let refused = Work::new(600, |config| {
+        config["data"] = serde_json::json!({ "valid_size": 0 });
+        config["early_stopping"] = serde_json::json!({ "patience": 2 });
+    });
+    let output = refused.train("stops").output().unwrap();
+    let message = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("early_stopping") && message.contains("data.valid_size 0"),
+        "{message}"
+    );
+    assert!(!refused.path("artifacts").join("stops").exists());
+}

@@ -71,7 +71,8 @@ pub fn fit(prepared: &Prepared, run: &RunDir, device: &Device) -> anyhow::Result
             record
         }
     };
-    let history = history::read(run.path(), record.epochs_run)?;
+    let validated = !prepared.valid_set.is_empty();
+    let history = history::read(run.path(), record.epochs_run, validated)?;
     Ok(Fitted { history, record })
 }
 
@@ -160,7 +161,10 @@ fn supervised_training(
         .metrics((AccuracyMetric::new(), LossMetric::new()))
         .metric_train_numeric(LearningRateMetric::new())
         .with_default_checkpointers()
-        .with_checkpointing_strategy(keep_last_and_best(config.average_last.unwrap_or(1)))
+        .with_checkpointing_strategy(keep_last_and_best(
+            config.average_last.unwrap_or(1),
+            !prepared.valid_set.is_empty(),
+        ))
         .num_epochs(config.epochs)
         .summary();
     if let Some(early_stopping) = &config.early_stopping {
@@ -218,11 +222,14 @@ fn check_outcome(
     Ok(())
 }
 
-/// Keeps the last `last` checkpoints (to resume from, and to average) and the one with the
-/// best validation accuracy (to export).
-fn keep_last_and_best(last: usize) -> ComposedCheckpointingStrategy {
-    ComposedCheckpointingStrategy::builder()
-        .add(KeepLastNCheckpoints::new(last))
+/// Keeps the last `last` checkpoints (to resume from, and to average) and, when the run is
+/// `validated`, the one with the best validation accuracy (to export).
+fn keep_last_and_best(last: usize, validated: bool) -> ComposedCheckpointingStrategy {
+    let strategy = ComposedCheckpointingStrategy::builder().add(KeepLastNCheckpoints::new(last));
+    if !validated {
+        return strategy.build();
+    }
+    strategy
         .add(MetricCheckpointingStrategy::new(
             &AccuracyMetric::new(),
             Aggregate::Mean,

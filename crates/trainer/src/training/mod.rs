@@ -272,7 +272,7 @@ fn train(prepared: Prepared, run: &RunDir, device: &Device) -> anyhow::Result<Ru
         epochs_run: fitted.history.len(),
         exported_epoch: selected.epoch,
         average: selected.average,
-        valid_views: Some(valid_views),
+        valid_views,
         train_images: prepared.train_set.len(),
         valid_images: prepared.valid_set.len(),
         wall_seconds: prepared.started.elapsed().as_secs_f64(),

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use anyhow::bail;
+use burn::data::dataset::Dataset;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use vit_data::MnistDataset;
@@ -21,12 +22,14 @@ use crate::run_dir::RunDir;
 
 /// The mean weights of epochs `first_epoch..=last_epoch` against the best epoch's, both
 /// evaluated on the validation split; the better one (the best epoch on a tie) is exported.
+/// A run without a validation split exports the mean, decided in advance, and has no
+/// accuracies to compare.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AverageCheck {
     pub first_epoch: usize,
     pub last_epoch: usize,
-    pub valid_accuracy: f64,
-    pub best_epoch_valid_accuracy: f64,
+    pub valid_accuracy: Option<f64>,
+    pub best_epoch_valid_accuracy: Option<f64>,
     pub exported: bool,
 }
 
@@ -71,6 +74,7 @@ fn best_epoch(
     run: &RunDir,
     device: &Device,
 ) -> anyhow::Result<(Vit, usize)> {
+    // Without validation figures (`data.valid_size` 0) the last epoch is the one exported.
     let last_epoch = history.len();
     let best = history::best_valid_epoch(history).unwrap_or(last_epoch);
     let checkpoint = |epoch: usize| run.checkpoint_dir().join(format!("model-{epoch}.bpk"));
@@ -126,35 +130,48 @@ fn prefer_average(
         models.push(load_checkpoint(&path, config, device)?);
     }
     let mean = averaging::average(&models)?;
+    if valid_set.is_empty() {
+        let check = AverageCheck {
+            first_epoch,
+            last_epoch,
+            valid_accuracy: None,
+            best_epoch_valid_accuracy: None,
+            exported: true,
+        };
+        return Ok((mean, Some(check)));
+    }
 
     let batch_size = config.batch_size.max(500);
-    let best_epoch_valid_accuracy =
-        evaluate(&best, valid_set, batch_size, Views::Single, device).accuracy;
-    let valid_accuracy = evaluate(&mean, valid_set, batch_size, Views::Single, device).accuracy;
+    let accuracy = |model| evaluate(model, valid_set, batch_size, Views::Single, device).accuracy;
+    let (best_epoch_valid_accuracy, valid_accuracy) = (accuracy(&best), accuracy(&mean));
     let exported = valid_accuracy > best_epoch_valid_accuracy;
     let check = AverageCheck {
         first_epoch,
         last_epoch,
-        valid_accuracy,
-        best_epoch_valid_accuracy,
+        valid_accuracy: Some(valid_accuracy),
+        best_epoch_valid_accuracy: Some(best_epoch_valid_accuracy),
         exported,
     };
     Ok((if exported { mean } else { best }, Some(check)))
 }
 
-/// `model` on the validation split with one view and with shifted views per image.
+/// `model` on the validation split with one view and with shifted views per image; `None`
+/// without a validation split.
 pub fn compare_views(
     model: &Vit,
     config: &TrainingConfig,
     valid_set: &MnistDataset,
     device: &Device,
-) -> ViewsCheck {
+) -> Option<ViewsCheck> {
+    if valid_set.is_empty() {
+        return None;
+    }
     let batch_size = config.batch_size.max(500);
     let accuracy = |views| evaluate(model, valid_set, batch_size, views, device).accuracy;
-    ViewsCheck {
+    Some(ViewsCheck {
         single: accuracy(Views::Single),
         shifted: accuracy(Views::Shifted),
-    }
+    })
 }
 
 /// The ViT of a training checkpoint (a [`Classifier`] record), on the plain `device`.

@@ -16,15 +16,14 @@ pub fn print(report: &RunReport, run: &RunDir) {
         ),
     };
     println!("exported {exported}");
-    if let Some(average) = &report.average {
+    if let Some(average) = &report.average
+        && let (Some(mean), Some(best)) =
+            (average.valid_accuracy, average.best_epoch_valid_accuracy)
+    {
         println!(
-            "validation accuracy: {:.2} % for the mean weights of epochs {}-{}, {:.2} % for \
-             epoch {}",
-            average.valid_accuracy,
-            average.first_epoch,
-            average.last_epoch,
-            average.best_epoch_valid_accuracy,
-            report.exported_epoch
+            "validation accuracy: {mean:.2} % for the mean weights of epochs {}-{}, {best:.2} % \
+             for epoch {}",
+            average.first_epoch, average.last_epoch, report.exported_epoch
         );
     }
     if let Some(views) = &report.valid_views {
