@@ -23,11 +23,12 @@ use std::process::{Command, ExitCode};
 
 use backend::{BACKENDS, DEFAULT_BACKEND, Torch, prepare, take_backend, take_backends};
 
-const TRAINER_COMMANDS: [&str; 6] = [
+const TRAINER_COMMANDS: [&str; 7] = [
     "train",
     "eval",
     "infer",
     "explain",
+    "serve",
     "import",
     "augment-preview",
 ];

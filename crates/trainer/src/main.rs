@@ -13,6 +13,7 @@ mod infer;
 mod mistakes;
 mod renderer;
 mod run_dir;
+mod serve;
 mod training;
 
 use std::path::PathBuf;
@@ -110,6 +111,15 @@ enum Command {
         /// Where the pictures go (`<image name>-explain.png`).
         #[arg(long, default_value = "explain")]
         out: PathBuf,
+    },
+    /// Serve the model over HTTP: a page to draw or upload a digit (`GET /`), and
+    /// `POST /api/predict`, `GET /api/model`, `GET /healthz`.
+    Serve {
+        #[command(flatten)]
+        run: RunArgs,
+        /// The address to listen on (port 0: any free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
     },
     /// Make a run directory from weights trained elsewhere (PyTorch: tools/torch_reference.py):
     /// a safetensors file in the layout `model.safetensors` documents, and its model config.
@@ -350,6 +360,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if failed > 0 {
                 anyhow::bail!("{failed} of {} files gave no prediction", files.len());
             }
+        }
+        Command::Serve { run, addr } => {
+            let run = run.open()?;
+            let (model, config) = artifact::load(run.path(), &device)?;
+            check_fits_mnist(&config)
+                .with_context(|| format!("{}: not a model for MNIST", run.path().display()))?;
+            let test_accuracy = std::fs::read_to_string(run.path().join("report.json"))
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|report| report["test"]["accuracy"].as_f64());
+            let description = serde_json::json!({
+                "run": run.path().display().to_string(),
+                "config": config,
+                "parameters": burn::module::Module::num_params(&model),
+                "test_accuracy": test_accuracy,
+            });
+            serve::serve(model, description, addr, device)?;
         }
         Command::Explain { run, files, out } => {
             let run = run.open()?;
