@@ -131,8 +131,19 @@ mod tests {
 
     #[test]
     fn a_model_explains_each_image_with_maps_over_its_patch_grid() {
+        let tutorial = VitConfig::small_for_tests();
+        let stem = VitConfig {
+            patch_size: 4,
+            stem_channels: vec![4],
+            ..VitConfig::small_for_tests()
+        };
+        for (config, grid) in [(tutorial, 4), (stem, 7)] {
+            explains_on_a_grid(&config, grid);
+        }
+    }
+
+    fn explains_on_a_grid(config: &VitConfig, grid: usize) {
         let device = Device::flex();
-        let config = VitConfig::small_for_tests();
         let vit = config.init(&device).unwrap();
         let images =
             Tensor::<4>::random([3, 1, 28, 28], burn::tensor::Distribution::Default, &device);
@@ -140,10 +151,15 @@ mod tests {
         let explanations = explain(&vit, images);
         assert_eq!(explanations.len(), 3);
         for (image, explanation) in explanations.iter().enumerate() {
-            assert_eq!(explanation.grid, 4);
-            assert_eq!(explanation.rollout.len(), 16);
+            assert_eq!(explanation.grid, grid);
+            assert_eq!(explanation.rollout.len(), grid * grid);
             assert_eq!(explanation.last_block.len(), config.heads);
-            assert!(explanation.last_block.iter().all(|head| head.len() == 16));
+            assert!(
+                explanation
+                    .last_block
+                    .iter()
+                    .all(|head| head.len() == grid * grid)
+            );
             let total: f32 = explanation.probabilities.iter().sum();
             assert!((total - 1.0).abs() < 1e-5);
             // The same prediction as `forward`, which keeps no weights.
