@@ -73,7 +73,7 @@ fn trainer(command: &str, args: &[String]) -> Result<ExitCode, String> {
     // Not `--quiet`: the first build of Burn takes minutes, and cargo's progress shows it.
     eprintln!(
         "building the trainer with the {backend} backend (the first build compiles Burn: \
-         about 10 minutes on 2 cores; later ones take seconds)"
+         about 15 minutes on 2 cores; later ones take seconds)"
     );
     let mut cargo = cargo(&["run", "--package", "vit-trainer"]);
     cargo.args(["--no-default-features", "--features", &backend]);
