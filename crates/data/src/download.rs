@@ -58,10 +58,7 @@ pub fn ensure_files(
     mirrors: &[String],
 ) -> Result<(), DataError> {
     for &(name, sha256) in expected {
-        let found = [dir.join(format!("{name}.gz")), dir.join(name)]
-            .into_iter()
-            .find(|path| path.is_file());
-        match found {
+        match crate::mnist::locate(dir, name) {
             Some(path) => {
                 let content = idx::content_sha256(&path)?;
                 if content != sha256 {

@@ -79,8 +79,23 @@ impl MnistDataset {
             Split::Train | Split::Valid => (train_images, train_labels),
             Split::Test => (test_images, test_labels),
         };
+        Self::from_files(&images, &labels)?.part(split, config)
+    }
+
+    /// The training and validation splits from one reading of the training files.
+    pub fn load_training(dir: &Path, config: &DataConfig) -> Result<(Self, Self), DataError> {
+        let [images, labels, ..] = locate_files(dir)?;
         let all = Self::from_files(&images, &labels)?;
-        let total = all.len;
+        Ok((
+            all.clone().part(Split::Train, config)?,
+            all.part(Split::Valid, config)?,
+        ))
+    }
+
+    /// The images of `split` in this whole file pair: the last `valid_size` training images
+    /// are the validation split, and the limits trim each split.
+    fn part(self, split: Split, config: &DataConfig) -> Result<Self, DataError> {
+        let total = self.len;
         if split != Split::Test && config.valid_size >= total {
             return Err(DataError::SplitTooLarge {
                 valid: config.valid_size,
@@ -97,9 +112,9 @@ impl MnistDataset {
             Split::Test => (0, total, config.eval_limit),
         };
         Ok(Self {
-            start: all.start + start,
+            start: self.start + start,
             len: limit.map_or(len, |l| l.min(len)),
-            ..all
+            ..self
         })
     }
 
@@ -185,13 +200,16 @@ pub fn content_sha256s(dir: &Path, splits: &[Split]) -> Result<Vec<(String, Stri
         .collect()
 }
 
-/// Finds each standard file in `dir`, gzipped (`NAME.gz`) or not (`NAME`).
+/// The standard file `name` in `dir`, gzipped (`NAME.gz`, preferred) or not (`NAME`).
+pub(crate) fn locate(dir: &Path, name: &str) -> Option<PathBuf> {
+    [dir.join(format!("{name}.gz")), dir.join(name)]
+        .into_iter()
+        .find(|path| path.is_file())
+}
+
+/// Finds each standard file in `dir` with [`locate`].
 fn locate_files(dir: &Path) -> Result<[PathBuf; 4], DataError> {
-    let found = FILES.map(|name| {
-        [dir.join(format!("{name}.gz")), dir.join(name)]
-            .into_iter()
-            .find(|path| path.is_file())
-    });
+    let found = FILES.map(|name| locate(dir, name));
     let missing: Vec<&str> = FILES
         .iter()
         .zip(&found)

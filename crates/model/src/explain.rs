@@ -20,6 +20,22 @@ pub struct Explanation {
     pub last_block: Vec<Vec<f32>>,
 }
 
+impl Explanation {
+    /// The rollout on each pixel of a `side`×`side` input, row by row (every pixel of a patch
+    /// takes its patch's value), scaled so that the largest is 1: what is drawn over the input.
+    pub fn rollout_pixels(&self, side: usize) -> Vec<f32> {
+        let largest = self.rollout.iter().copied().fold(0.0f32, f32::max);
+        let patch = side / self.grid;
+        (0..side * side)
+            .map(|pixel| {
+                let (x, y) = (pixel % side, pixel / side);
+                let cell = (y / patch) * self.grid + x / patch;
+                self.rollout[cell] / largest.max(f32::MIN_POSITIVE)
+            })
+            .collect()
+    }
+}
+
 /// The predictions and attention maps of `vit` for `images` `[batch, channels, side, side]`
 /// (normalised as in training).
 pub fn explain(vit: &Vit, images: Tensor<4>) -> Vec<Explanation> {

@@ -69,21 +69,13 @@ pub fn draw(
     let panel = IMAGE_SIDE as u32 * ZOOM;
     let mut canvas = vec![255u8; (width * height * 3) as usize];
     let top = TITLE + LABEL;
-    let rollout = normalised(&explanation.rollout);
-    let patch = IMAGE_SIDE / explanation.grid;
-    for (i, &value) in pixels.iter().enumerate() {
+    let rollout = explanation.rollout_pixels(IMAGE_SIDE);
+    for (i, (&value, &attention)) in pixels.iter().zip(&rollout).enumerate() {
         let (x, y) = ((i % IMAGE_SIDE) as u32, (i / IMAGE_SIDE) as u32);
-        let cell = (y as usize / patch) * explanation.grid + x as usize / patch;
         let input = (GAP + x * ZOOM, top + y * ZOOM);
         fill_square(&mut canvas, width, input, ZOOM, [value; 3]);
         let overlay = (2 * GAP + panel + x * ZOOM, top + y * ZOOM);
-        fill_square(
-            &mut canvas,
-            width,
-            overlay,
-            ZOOM,
-            over(value, rollout[cell]),
-        );
+        fill_square(&mut canvas, width, overlay, ZOOM, over(value, attention));
     }
     let heads_top = top + panel + GAP + LABEL;
     let cell_side = HEAD_SIDE / explanation.grid as u32;

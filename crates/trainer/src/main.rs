@@ -260,9 +260,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tta,
         } => {
             let run = run.open()?;
-            let (model, model_config) = artifact::load(run.path(), &device)?;
-            check_fits_mnist(&model_config)
-                .with_context(|| format!("{}: not a model for MNIST", run.path().display()))?;
+            let (model, _) = run.load_mnist_model(&device)?;
             let (split, data_config, name) = match split {
                 EvalSplit::Test => (Split::Test, DataConfig::default(), "test"),
                 EvalSplit::Valid => (Split::Valid, run_data_config(&run)?, "validation"),
@@ -363,13 +361,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve { run, addr } => {
             let run = run.open()?;
-            let (model, config) = artifact::load(run.path(), &device)?;
-            check_fits_mnist(&config)
-                .with_context(|| format!("{}: not a model for MNIST", run.path().display()))?;
-            let test_accuracy = std::fs::read_to_string(run.path().join("report.json"))
+            let (model, config) = run.load_mnist_model(&device)?;
+            // A cosmetic figure: a report that cannot be read leaves it out.
+            let test_accuracy = run
+                .read_json::<training::RunReport>(run_dir::REPORT_FILE)
                 .ok()
-                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-                .and_then(|report| report["test"]["accuracy"].as_f64());
+                .flatten()
+                .and_then(|report| report.test)
+                .map(|test| test.accuracy);
             let description = serde_json::json!({
                 "run": run.path().display().to_string(),
                 "config": config,
@@ -380,9 +379,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Explain { run, files, out } => {
             let run = run.open()?;
-            let (model, config) = artifact::load(run.path(), &device)?;
-            check_fits_mnist(&config)
-                .with_context(|| format!("{}: not a model for MNIST", run.path().display()))?;
+            let (model, _) = run.load_mnist_model(&device)?;
             for written in explain::explain_files(&model, &files, &out, &device)? {
                 println!("wrote {}", written.display());
             }

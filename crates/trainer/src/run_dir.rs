@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use burn::prelude::Device;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use vit_model::artifact;
+use vit_model::{Vit, VitConfig, artifact};
 
-use crate::config::TrainingConfig;
+use crate::config::{TrainingConfig, check_fits_mnist};
 
 /// The full training config, written before training starts.
 pub const TRAINING_CONFIG_FILE: &str = "training-config.json";
@@ -169,6 +170,14 @@ impl RunDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The saved model, on `device`, checked to be one for MNIST.
+    pub fn load_mnist_model(&self, device: &Device) -> anyhow::Result<(Vit, VitConfig)> {
+        let (model, config) = artifact::load(&self.path, device)?;
+        check_fits_mnist(&config)
+            .with_context(|| format!("{}: not a model for MNIST", self.path.display()))?;
+        Ok((model, config))
     }
 
     pub fn save_config(&self, config: &TrainingConfig) -> anyhow::Result<()> {

@@ -102,17 +102,10 @@ fn answer(vit: &Vit, device: &Device, batch: Vec<Job>) {
     );
     for (job, explanation) in batch.into_iter().zip(explain(vit, images)) {
         let (digit, _) = vit_model::best(&explanation.probabilities);
-        let largest = explanation.rollout.iter().copied().fold(0.0f32, f32::max);
-        let patch = IMAGE_SIDE / explanation.grid;
-        let attention = (0..IMAGE_SIDE)
-            .map(|y| {
-                (0..IMAGE_SIDE)
-                    .map(|x| {
-                        let cell = (y / patch) * explanation.grid + x / patch;
-                        explanation.rollout[cell] / largest.max(f32::MIN_POSITIVE)
-                    })
-                    .collect()
-            })
+        let attention = explanation
+            .rollout_pixels(IMAGE_SIDE)
+            .chunks(IMAGE_SIDE)
+            .map(<[f32]>::to_vec)
             .collect();
         let input = job.pixels.chunks(IMAGE_SIDE).map(<[u8]>::to_vec).collect();
         // The client may have gone; its answer is then dropped.

@@ -199,8 +199,7 @@ pub fn prepare(
 ) -> anyhow::Result<Prepared> {
     let started = Instant::now();
     let source = DataSource::read(data_dir, testing)?;
-    let train_set = MnistDataset::load(data_dir, Split::Train, &config.data)?;
-    let valid_set = MnistDataset::load(data_dir, Split::Valid, &config.data)?;
+    let (train_set, valid_set) = MnistDataset::load_training(data_dir, &config.data)?;
     config.scheduler(config.epochs * config.steps_per_epoch(train_set.len()))?;
     Ok(Prepared {
         config: config.clone(),
