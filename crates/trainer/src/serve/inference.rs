@@ -2,11 +2,12 @@
 //! batches. Requests that arrive within a short window, up to a batch, run as one forward pass;
 //! a bounded queue refuses work beyond it instead of growing.
 
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use vit_data::IMAGE_SIDE;
 use vit_model::Vit;
 use vit_model::explain::explain;
@@ -38,7 +39,7 @@ struct Job {
 /// Where handlers send images; cheap to clone.
 #[derive(Clone)]
 pub struct Inference {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::SyncSender<Job>,
 }
 
 /// Why an image got no answer.
@@ -53,7 +54,7 @@ pub enum Refusal {
 impl Inference {
     /// Starts the model's thread.
     pub fn start(vit: Vit, device: Device) -> Self {
-        let (jobs, queue) = mpsc::channel(QUEUE);
+        let (jobs, queue) = mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("inference".into())
             .spawn(move || run(vit, device, queue))
@@ -67,24 +68,24 @@ impl Inference {
         self.jobs
             .try_send(Job { pixels, reply })
             .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => Refusal::Busy,
-                mpsc::error::TrySendError::Closed(_) => Refusal::Stopped,
+                mpsc::TrySendError::Full(_) => Refusal::Busy,
+                mpsc::TrySendError::Disconnected(_) => Refusal::Stopped,
             })?;
         answer.await.map_err(|_| Refusal::Stopped)
     }
 }
 
-/// Takes a batch from the queue (waiting for the first job, then at most [`WINDOW`] for more)
+/// Takes a batch from the queue (blocked until the first job, then at most [`WINDOW`] for more)
 /// and answers it, until every sender is gone.
-fn run(vit: Vit, device: Device, mut queue: mpsc::Receiver<Job>) {
-    while let Some(first) = queue.blocking_recv() {
+fn run(vit: Vit, device: Device, queue: mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         let deadline = Instant::now() + WINDOW;
-        while batch.len() < BATCH && Instant::now() < deadline {
-            match queue.try_recv() {
+        while batch.len() < BATCH {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match queue.recv_timeout(left) {
                 Ok(job) => batch.push(job),
-                Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(_) => break,
             }
         }
         answer(&vit, &device, batch);
