@@ -40,7 +40,14 @@ pub fn explain_files(
         let stem = path
             .file_stem()
             .map_or("image".into(), |s| s.to_string_lossy());
-        let target = out.join(format!("{stem}-explain.png"));
+        // Two inputs with one name (a/7.png, b/7.png) get a picture each.
+        let target = (1..)
+            .map(|n| match n {
+                1 => out.join(format!("{stem}-explain.png")),
+                n => out.join(format!("{stem}-{n}-explain.png")),
+            })
+            .find(|target| !written.contains(target))
+            .expect("an unused name");
         let name = path.display().to_string();
         draw(&name, &pixels, &explanation, &target)?;
         written.push(target);

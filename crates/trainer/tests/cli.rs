@@ -144,6 +144,25 @@ fn train_then_eval_then_infer_on_synthetic_digits() {
     assert!(explained.status.success(), "{}", text(&explained));
     let picture = image::open(pictures.join("seven-explain.png")).unwrap();
     assert!(picture.width() > 400 && picture.height() > 300);
+    // The same name twice: a picture each, none overwritten.
+    let again = work.path().join("again");
+    std::fs::create_dir_all(&again).unwrap();
+    std::fs::copy(&png, again.join("seven.png")).unwrap();
+    let twice = run(&[
+        "explain",
+        "--run-dir",
+        run_dir,
+        "--out",
+        pictures.to_str().unwrap(),
+        png.to_str().unwrap(),
+        again.join("seven.png").to_str().unwrap(),
+    ]);
+    assert!(twice.status.success(), "{}", text(&twice));
+    assert!(
+        pictures.join("seven-2-explain.png").is_file(),
+        "{}",
+        text(&twice)
+    );
 
     // One bad file among good ones: every good file is answered, each bad one named, exit 1.
     let blank = work.path().join("blank.png");
