@@ -11,6 +11,8 @@
 //! - `bench [--backend B]… [--rounds N] [--out FILE]`: speed and peak memory per backend beside
 //!   PyTorch eager, in interleaved rounds
 //! - `bench --criterion [criterion args…]`: the data pipeline against a training step (flex)
+//! - `bench --serve --run-dir R [--clients C] [--requests N] [--rounds N]`: requests/s and
+//!   latency of `serve`, batched and unbatched
 //!
 //! Each trainer command builds and runs the trainer with exactly one backend's cargo feature,
 //! so the binary holds one backend only; the terminal is passed through so the training
@@ -79,7 +81,22 @@ fn trainer(command: &str, args: &[String]) -> Result<ExitCode, String> {
     cargo.args(["--no-default-features", "--features", &backend]);
     cargo.arg("--").arg(command).args(trainer_args);
     prepare(&backend, &mut cargo)?;
-    exit_code(&mut cargo)
+    replace_process(&mut cargo)
+}
+
+/// Runs `command` in place of xtask where the platform allows it (Unix `exec`), so a signal
+/// sent to `cargo xtask serve` or `train` (SIGTERM from a supervisor, not only a terminal's
+/// Ctrl-C) reaches the trainer itself: `cargo run` execs the binary in turn.
+#[cfg(unix)]
+fn replace_process(command: &mut Command) -> Result<ExitCode, String> {
+    use std::os::unix::process::CommandExt;
+    let error = command.exec();
+    Err(format!("cannot run {:?}: {error}", command.get_program()))
+}
+
+#[cfg(not(unix))]
+fn replace_process(command: &mut Command) -> Result<ExitCode, String> {
+    exit_code(command)
 }
 
 /// The workspace's tests in one build holding flex, ndarray and the named backends (every
@@ -131,31 +148,30 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
         cargo.arg("--").args(criterion_args);
         return exit_code(&mut cargo);
     }
+    let serve = args.first().is_some_and(|first| first == "--serve");
+    let args = if serve { &args[1..] } else { args };
     let (backends, rest) = take_backends(args)?;
-    let measured = if backends.is_empty() {
+    if serve && backends.len() > 1 {
+        return Err("bench --serve runs the server on one backend: name at most one".into());
+    }
+    // Built like the tests (every backend that the test build holds), so nothing is rebuilt.
+    let mut cargo = cargo(&["bench", "--profile", "dev", "--workspace", "--bench"]);
+    cargo.arg(if serve { "serve" } else { "backends" });
+    cargo.args(["--features", "vit-trainer/wgpu,vit-trainer/tch", "--"]);
+    let measured = if backends.is_empty() && !serve {
         BACKENDS.iter().map(ToString::to_string).collect()
     } else {
         backends
     };
-    // Built like the tests (every backend that the test build holds), so nothing is rebuilt.
-    let mut cargo = cargo(&[
-        "bench",
-        "--profile",
-        "dev",
-        "--workspace",
-        "--bench",
-        "backends",
-    ]);
-    cargo.args(["--features", "vit-trainer/wgpu,vit-trainer/tch", "--"]);
     for backend in &measured {
         cargo.args(["--backend", backend]);
     }
-    // cargo runs benches in their package's directory: make `--out` and `--config` mean what
-    // the user meant.
+    // cargo runs benches in their package's directory: make `--out`, `--config` and
+    // `--run-dir` mean what the user meant.
     let here = std::env::current_dir().map_err(|error| error.to_string())?;
     let mut rest = rest.into_iter();
     while let Some(arg) = rest.next() {
-        let is_path = arg == "--out" || arg == "--config";
+        let is_path = arg == "--out" || arg == "--config" || arg == "--run-dir";
         cargo.arg(arg);
         if is_path && let Some(path) = rest.next() {
             cargo.arg(here.join(path));
@@ -194,7 +210,8 @@ fn usage() -> String {
          cargo xtask setup [--backend B]…\n       \
          cargo xtask test [--backend B]… [cargo test args…]\n       \
          cargo xtask reference <check|train|fixture> [args…]\n       \
-         cargo xtask bench [--backend B]… [--rounds N] [--out FILE] | bench --criterion [args…]\n\
+         cargo xtask bench [--backend B]… [--rounds N] [--out FILE] | bench --criterion [args…]\n       \
+         cargo xtask bench --serve --run-dir R [--backend B] [--clients C] [--requests N]\n\
          (default backend: {DEFAULT_BACKEND}; `cargo xtask train --help` lists the trainer's arguments)",
         TRAINER_COMMANDS.join("|"),
         BACKENDS.join("|"),

@@ -120,6 +120,8 @@ enum Command {
         /// The address to listen on (port 0: any free port, printed at start).
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: std::net::SocketAddr,
+        #[command(flatten)]
+        batching: serve::Batching,
     },
     /// Make a run directory from weights trained elsewhere (PyTorch: tools/torch_reference.py):
     /// a safetensors file in the layout `model.safetensors` documents, and its model config.
@@ -359,7 +361,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{failed} of {} files gave no prediction", files.len());
             }
         }
-        Command::Serve { run, addr } => {
+        Command::Serve {
+            run,
+            addr,
+            batching,
+        } => {
             let run = run.open()?;
             let (model, config) = run.load_mnist_model(&device)?;
             // A cosmetic figure: a report that cannot be read leaves it out.
@@ -375,7 +381,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "parameters": burn::module::Module::num_params(&model),
                 "test_accuracy": test_accuracy,
             });
-            serve::serve(model, description, addr, device)?;
+            serve::serve(model, description, addr, batching, device)?;
         }
         Command::Explain { run, files, out } => {
             let run = run.open()?;

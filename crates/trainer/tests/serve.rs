@@ -1,6 +1,6 @@
 //! `serve` as a user meets it: a trained run behind the HTTP server on an ephemeral loopback
-//! port, every endpoint, every error status, a panicking handler, concurrent clients, and a
-//! graceful stop on SIGTERM.
+//! port, every endpoint, every error status, a panicking handler, concurrent clients, a full
+//! queue, and a graceful stop on SIGTERM.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -28,12 +28,13 @@ fn trained_run(dir: &Path) -> std::path::PathBuf {
     dir.join("artifacts/bars")
 }
 
-/// The server on a free port, with the panic hook on, and its base URL.
-fn start(run_dir: &Path) -> (Child, String) {
+/// The server on a free port, with its test hooks on and `options`, and its base URL.
+fn start(run_dir: &Path, options: &[&str]) -> (Child, String) {
     let mut server = common::trainer()
         .args(["serve", "--addr", "127.0.0.1:0", "--run-dir"])
         .arg(run_dir)
-        .env("VIT_TRAINER_SERVE_PANIC_HOOK", "1")
+        .args(options)
+        .env("VIT_TRAINER_SERVE_TEST_HOOKS", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -60,11 +61,23 @@ fn agent() -> ureq::Agent {
 
 /// Status and JSON body of a POST to `/api/predict`.
 fn predict(url: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
-    let mut response = agent()
+    predict_with(url, content_type, body, &[])
+}
+
+/// [`predict`] with extra `headers`.
+fn predict_with(
+    url: &str,
+    content_type: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut request = agent()
         .post(format!("{url}/api/predict"))
-        .header("Content-Type", content_type)
-        .send(body)
-        .unwrap();
+        .header("Content-Type", content_type);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.send(body).unwrap();
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().unwrap();
     let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: not JSON: {text}"));
@@ -84,7 +97,7 @@ fn png(pixels: &[u8], side: u32) -> Vec<u8> {
 fn the_server_answers_every_endpoint_and_every_bad_request_with_its_status() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = trained_run(dir.path());
-    let (mut server, url) = start(&run_dir);
+    let (server, url) = start(&run_dir, &[]);
     let get = |path: &str| {
         let mut response = agent().get(format!("{url}{path}")).call().unwrap();
         let status = response.status().as_u16();
@@ -167,7 +180,46 @@ fn the_server_answers_every_endpoint_and_every_bad_request_with_its_status() {
         }
     });
 
-    // SIGTERM: a graceful stop, status 0.
+    let (status, stdout, stderr) = stop(server);
+    assert!(status.success(), "{status}: {stdout}{stderr}");
+    assert!(stdout.contains("stopping"), "{stdout}");
+    assert!(
+        stderr.contains("panicked") && stderr.matches("panicked").count() == 1,
+        "only the hook's panic: {stderr}"
+    );
+
+    // A full queue answers 503 and the server goes on. The first request keeps the model's
+    // thread asleep for 3 s; two more fill the queue of 2 and the other four are refused.
+    let (server, url) = start(&run_dir, &["--queue", "2"]);
+    std::thread::scope(|scope| {
+        let held =
+            scope.spawn(|| predict_with(&url, "image/png", &body, &[("x-test-hold-ms", "3000")]));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let clients: Vec<_> = (0..6)
+            .map(|_| scope.spawn(|| predict(&url, "image/png", &body)))
+            .collect();
+        let statuses: Vec<u16> = clients
+            .into_iter()
+            .map(|client| {
+                let (status, answer) = client.join().unwrap();
+                if status == 503 {
+                    assert!(answer["error"].is_string(), "{answer}");
+                }
+                status
+            })
+            .collect();
+        assert_eq!(held.join().unwrap().0, 200);
+        let refused = statuses.iter().filter(|&&status| status == 503).count();
+        let answered = statuses.iter().filter(|&&status| status == 200).count();
+        assert_eq!((refused, answered), (4, 2), "{statuses:?}");
+    });
+    assert_eq!(predict(&url, "image/png", &body).0, 200);
+    let (status, stdout, stderr) = stop(server);
+    assert!(status.success(), "{status}: {stdout}{stderr}");
+}
+
+/// SIGTERM, then the exit status and everything the server printed.
+fn stop(mut server: Child) -> (std::process::ExitStatus, String, String) {
     // SAFETY: kill(2) on our own child's pid only sends it a signal.
     unsafe {
         libc::kill(server.id() as libc::pid_t, libc::SIGTERM);
@@ -187,10 +239,5 @@ fn the_server_answers_every_endpoint_and_every_bad_request_with_its_status() {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
-    assert!(status.success(), "{status}: {rest}{stderr}");
-    assert!(rest.contains("stopping"), "{rest}");
-    assert!(
-        stderr.contains("panicked") && stderr.matches("panicked").count() == 1,
-        "only the hook's panic: {stderr}"
-    );
+    (status, rest, stderr)
 }

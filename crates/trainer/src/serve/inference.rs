@@ -13,12 +13,20 @@ use vit_model::Vit;
 use vit_model::explain::explain;
 
 const PIXELS: usize = IMAGE_SIDE * IMAGE_SIDE;
-/// Requests waiting at most; one more is answered 503.
-pub const QUEUE: usize = 256;
-/// Images in one forward pass at most.
-const BATCH: usize = 64;
-/// How long the first request of a batch waits for company.
-const WINDOW: Duration = Duration::from_millis(2);
+
+/// How requests are queued and batched (`serve` options).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Batching {
+    /// Images in one forward pass at most (1: every request alone).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub batch: u16,
+    /// Requests waiting at most; beyond it a request is answered 503.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
+    pub queue: u16,
+    /// How long, in milliseconds, the first request of a batch waits for company (at most 1000).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub window_ms: u64,
+}
 
 /// What `POST /api/predict` answers.
 #[derive(Debug, Serialize)]
@@ -33,6 +41,8 @@ pub struct Answer {
 
 struct Job {
     pixels: [u8; PIXELS],
+    /// Test hook: the model's thread sleeps this long when it takes this job.
+    hold: Option<Duration>,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -53,20 +63,28 @@ pub enum Refusal {
 
 impl Inference {
     /// Starts the model's thread.
-    pub fn start(vit: Vit, device: Device) -> Self {
-        let (jobs, queue) = mpsc::sync_channel(QUEUE);
+    pub fn start(vit: Vit, device: Device, batching: Batching) -> Self {
+        let (jobs, queue) = mpsc::sync_channel(usize::from(batching.queue));
         std::thread::Builder::new()
             .name("inference".into())
-            .spawn(move || run(vit, device, queue))
+            .spawn(move || run(vit, device, batching, queue))
             .expect("a thread starts");
         Self { jobs }
     }
 
-    /// The answer for one 28×28 image.
-    pub async fn predict(&self, pixels: [u8; PIXELS]) -> Result<Answer, Refusal> {
+    /// The answer for one 28×28 image; `hold` is a test hook (see [`Job`]).
+    pub async fn predict(
+        &self,
+        pixels: [u8; PIXELS],
+        hold: Option<Duration>,
+    ) -> Result<Answer, Refusal> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .try_send(Job { pixels, reply })
+            .try_send(Job {
+                pixels,
+                hold,
+                reply,
+            })
             .map_err(|error| match error {
                 mpsc::TrySendError::Full(_) => Refusal::Busy,
                 mpsc::TrySendError::Disconnected(_) => Refusal::Stopped,
@@ -75,13 +93,16 @@ impl Inference {
     }
 }
 
-/// Takes a batch from the queue (blocked until the first job, then at most [`WINDOW`] for more)
-/// and answers it, until every sender is gone.
-fn run(vit: Vit, device: Device, queue: mpsc::Receiver<Job>) {
+/// Takes a batch from the queue (blocked until the first job, then at most the window for
+/// more) and answers it, until every sender is gone.
+fn run(vit: Vit, device: Device, batching: Batching, queue: mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
+        if let Some(hold) = first.hold {
+            std::thread::sleep(hold);
+        }
         let mut batch = vec![first];
-        let deadline = Instant::now() + WINDOW;
-        while batch.len() < BATCH {
+        let deadline = Instant::now() + Duration::from_millis(batching.window_ms);
+        while batch.len() < usize::from(batching.batch) {
             let left = deadline.saturating_duration_since(Instant::now());
             match queue.recv_timeout(left) {
                 Ok(job) => batch.push(job),

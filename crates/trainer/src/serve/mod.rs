@@ -20,14 +20,17 @@ use serde_json::{Value, json};
 use tower_http::catch_panic::CatchPanicLayer;
 use vit_model::{Vit, mnist_style};
 
+pub use inference::Batching;
 use inference::{Inference, Refusal};
 
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY: usize = 1 << 20;
 /// Largest body read and dropped before a 413; beyond it the connection is closed.
 const DRAIN_LIMIT: usize = 16 << 20;
-/// Test hook: when set, a request with the header `x-test-panic` panics in its handler.
-pub const PANIC_HOOK_VAR: &str = "VIT_TRAINER_SERVE_PANIC_HOOK";
+/// Test hooks, on when this variable is set: a request with the header `x-test-panic` panics
+/// in its handler; one with `x-test-hold-ms: N` keeps the model's thread asleep N ms when it
+/// takes the request, so that the queue fills.
+pub const TEST_HOOKS_VAR: &str = "VIT_TRAINER_SERVE_TEST_HOOKS";
 
 const PAGE: &str = include_str!("page.html");
 
@@ -35,16 +38,22 @@ const PAGE: &str = include_str!("page.html");
 struct App {
     inference: Inference,
     model: Value,
-    panic_hook: bool,
+    test_hooks: bool,
 }
 
 /// Serves `vit` (described by `model`) at `addr` until Ctrl-C or SIGTERM; requests in flight
 /// finish first.
-pub fn serve(vit: Vit, model: Value, addr: SocketAddr, device: Device) -> anyhow::Result<()> {
+pub fn serve(
+    vit: Vit,
+    model: Value,
+    addr: SocketAddr,
+    batching: Batching,
+    device: Device,
+) -> anyhow::Result<()> {
     let app = App {
-        inference: Inference::start(vit, device),
+        inference: Inference::start(vit, device, batching),
         model,
-        panic_hook: std::env::var_os(PANIC_HOOK_VAR).is_some(),
+        test_hooks: std::env::var_os(TEST_HOOKS_VAR).is_some(),
     };
     let router = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
@@ -106,9 +115,14 @@ async fn describe(State(app): State<App>) -> Json<Value> {
 }
 
 async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
-    if app.panic_hook && headers.contains_key("x-test-panic") {
-        panic!("{PANIC_HOOK_VAR}: a handler panics on request");
+    if app.test_hooks && headers.contains_key("x-test-panic") {
+        panic!("{TEST_HOOKS_VAR}: a handler panics on request");
     }
+    let hold = headers
+        .get("x-test-hold-ms")
+        .filter(|_| app.test_hooks)
+        .and_then(|value| value.to_str().ok()?.parse().ok())
+        .map(std::time::Duration::from_millis);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
@@ -128,7 +142,7 @@ async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
         Ok(pixels) => pixels,
         Err(response) => return response,
     };
-    match app.inference.predict(pixels).await {
+    match app.inference.predict(pixels, hold).await {
         Ok(answer) => Json(answer).into_response(),
         Err(Refusal::Busy) => error(
             StatusCode::SERVICE_UNAVAILABLE,
