@@ -5,6 +5,10 @@ crates/trainer/benches/backends measures each Burn backend: training images/s at
 batch (Adam, cross-entropy, warm-up excluded), inference latency p50/p99 at batch 1, inference
 images/s at batch 1000, peak RSS. Prints one JSON line. Uses the reference model of
 tools/torch_reference.py and as many threads as the machine has cores, like the Rust side.
+
+`--compile` measures the same with the model under `torch.compile` (its compilation in the
+warm-up); `--sgemm` prints instead the machine's single-precision matrix product speed in
+GFLOP/s (MKL through torch, 2048x2048 operands), the yardstick of the bench's share column.
 """
 
 import argparse
@@ -54,13 +58,28 @@ def workload(path):
     return config, 100
 
 
+def sgemm_gflops():
+    side = 2048
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    seconds = timed(lambda: torch.mm(a, b), 3, 10, 50, 10)
+    return 2 * side**3 / percentile(seconds, 50) / 1e9
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="a training or model config (default: the tutorial)")
-    config, batch = workload(parser.parse_args().config)
+    parser.add_argument("--compile", action="store_true", help="the model under torch.compile")
+    parser.add_argument("--sgemm", action="store_true", help="only the sgemm GFLOP/s")
+    args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    if args.sgemm:
+        print(json.dumps({"sgemm_gflops": sgemm_gflops()}))
+        return
+    config, batch = workload(args.config)
     torch.manual_seed(0)
     model = Vit(config)
+    if args.compile:
+        model = torch.compile(model)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3, eps=1e-8)
     side, channels = config["image_size"], config["channels"]
     images = torch.randn(batch, channels, side, side)
@@ -82,7 +101,7 @@ def main():
         latency = timed(lambda: model(one).softmax(1), 10, 50, 500, 20)
         throughput = timed(lambda: model(large).softmax(1), 1, 3, 10, 30)
     print(json.dumps({
-        "backend": f"pytorch {torch.__version__.split('+')[0]}",
+        "backend": f"pytorch {torch.__version__.split('+')[0]}" + (" compile" if args.compile else ""),
         "train_images_per_s": batch / percentile(train, 50),
         "train_steps_timed": len(train),
         "latency_p50_ms": 1e3 * percentile(latency, 50),

@@ -90,19 +90,38 @@ fn main() {
                 }
             }
         }
-        let pytorch_eager = options.python.as_ref().map(|python| {
+        let python = options.python.as_deref();
+        let pytorch_eager = python.map(|python| {
             eprintln!(
                 "round {round}/{}: measuring PyTorch eager …",
                 options.rounds
             );
-            pytorch(python, config.as_deref()).unwrap_or_else(|message| {
+            pytorch(python, config.as_deref(), &[]).unwrap_or_else(|message| {
                 eprintln!("error: PyTorch: {message}");
                 std::process::exit(1);
             })
         });
+        // torch.compile needs a C++ compiler and may fail where eager works: a failure leaves
+        // its row out, with the reason on stderr.
+        let pytorch_compile = python.filter(|_| options.compile).and_then(|python| {
+            eprintln!(
+                "round {round}/{}: measuring PyTorch with torch.compile …",
+                options.rounds
+            );
+            pytorch(python, config.as_deref(), &["--compile"])
+                .map_err(|message| eprintln!("torch.compile left out: {message}"))
+                .ok()
+        });
+        let sgemm_gflops = python.and_then(|python| {
+            sgemm(python)
+                .map_err(|message| eprintln!("sgemm left out: {message}"))
+                .ok()
+        });
         rounds.push(Round {
             backends,
             pytorch_eager,
+            pytorch_compile,
+            sgemm_gflops,
         });
     }
     let report = Report::new(rounds, &workload);
@@ -117,6 +136,8 @@ fn main() {
 struct Options {
     backends: Vec<String>,
     rounds: usize,
+    /// Also measure PyTorch under `torch.compile` (off with `--no-compile`).
+    compile: bool,
     python: Option<String>,
     out: std::path::PathBuf,
 }
@@ -129,6 +150,7 @@ impl Options {
         let mut backends = Vec::new();
         let mut out = None;
         let mut rounds = DEFAULT_ROUNDS;
+        let mut compile = true;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -145,6 +167,7 @@ impl Options {
                         });
                 }
                 "--out" => out = args.next().map(Into::into),
+                "--no-compile" => compile = false,
                 _ => {} // `--bench` and whatever else cargo adds
             }
         }
@@ -157,6 +180,7 @@ impl Options {
         Self {
             backends,
             rounds,
+            compile,
             python: std::env::var("VIT_BENCH_PYTHON").ok(),
             out: out.unwrap_or_else(|| {
                 let artifacts = concat!(env!("CARGO_MANIFEST_DIR"), "/../../artifacts");
@@ -199,19 +223,43 @@ fn child(backend: &str, config: Option<&str>) -> Result<Figures, String> {
     serde_json::from_str(line).map_err(|error| format!("{error}: {stdout}"))
 }
 
-/// `tools/torch_bench.py`, same model, batches and thread count, with `python`.
-fn pytorch(python: &str, config: Option<&str>) -> Result<Figures, String> {
+/// `tools/torch_bench.py` with `python` and `flags`, same model, batches and thread count.
+fn pytorch(python: &str, config: Option<&str>, flags: &[&str]) -> Result<Figures, String> {
+    let args: Vec<&str> = config
+        .into_iter()
+        .flat_map(|path| ["--config", path])
+        .chain(flags.iter().copied())
+        .collect();
+    let line = torch_bench(python, &args)?;
+    serde_json::from_str(&line).map_err(|error| format!("{error}: {line}"))
+}
+
+/// The machine's sgemm GFLOP/s, measured by `tools/torch_bench.py --sgemm`.
+fn sgemm(python: &str) -> Result<f64, String> {
+    let line = torch_bench(python, &["--sgemm"])?;
+    let json: serde_json::Value =
+        serde_json::from_str(&line).map_err(|error| format!("{error}: {line}"))?;
+    json["sgemm_gflops"]
+        .as_f64()
+        .ok_or_else(|| format!("no sgemm_gflops in {line}"))
+}
+
+/// The last line `tools/torch_bench.py args` prints.
+fn torch_bench(python: &str, args: &[&str]) -> Result<String, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/torch_bench.py");
     let output = Command::new(python)
         .arg(script)
-        .args(config.into_iter().flat_map(|path| ["--config", path]))
+        .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|error| format!("cannot run {python}: {error}"))?;
     if !output.status.success() {
-        return Err(format!("{script} failed ({})", output.status));
+        return Err(format!(
+            "{script} {} failed ({})",
+            args.join(" "),
+            output.status
+        ));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).map_err(|error| format!("{error}: {stdout}"))
+    Ok(stdout.lines().last().unwrap_or_default().to_string())
 }

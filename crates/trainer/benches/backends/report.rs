@@ -1,5 +1,6 @@
 //! The rounds' figures side by side: each backend's median round, its ratio to PyTorch eager
-//! in the same rounds, the table and the JSON file.
+//! in the same rounds, its share of what the machine's sgemm allows, the table and the JSON
+//! file.
 
 use serde::Serialize;
 
@@ -18,6 +19,9 @@ fn median_round<'a>(rounds: impl Iterator<Item = &'a Figures>) -> Figures {
 pub(crate) struct Round {
     pub(crate) backends: Vec<Figures>,
     pub(crate) pytorch_eager: Option<Figures>,
+    pub(crate) pytorch_compile: Option<Figures>,
+    /// The machine's single-precision matrix product speed (MKL via torch), this round.
+    pub(crate) sgemm_gflops: Option<f64>,
 }
 
 /// A backend's training images/s relative to PyTorch eager's in the same round.
@@ -37,8 +41,43 @@ pub(crate) struct Report {
     /// For each backend (and PyTorch), the round with its median training images/s.
     backends: Vec<Figures>,
     pytorch_eager: Option<Figures>,
+    pytorch_compile: Option<Figures>,
     train_vs_pytorch: Vec<Ratio>,
+    /// What the machine's sgemm (median of the rounds) allows if the model's matrix products
+    /// were all its work, in training and in inference images/s.
+    limit: Option<Limit>,
     rounds: Vec<Round>,
+}
+
+#[derive(Serialize)]
+struct Limit {
+    sgemm_gflops: f64,
+    training_mflop_per_image: f64,
+    forward_mflop_per_image: f64,
+    train_images_per_s: f64,
+    infer_images_per_s: f64,
+}
+
+/// `pick`'s training images/s relative to PyTorch eager's, round by round; `None` unless
+/// every round has both.
+fn ratio(
+    rounds: &[Round],
+    backend: &str,
+    pick: impl Fn(&Round) -> Option<&Figures>,
+) -> Option<Ratio> {
+    let ratios: Vec<f64> = rounds
+        .iter()
+        .map(|round| {
+            let torch = round.pytorch_eager.as_ref()?;
+            Some(pick(round)?.train_images_per_s / torch.train_images_per_s)
+        })
+        .collect::<Option<_>>()?;
+    Some(Ratio {
+        backend: backend.to_string(),
+        median: percentile(&ratios, 50.0),
+        min: percentile(&ratios, 0.0),
+        max: percentile(&ratios, 100.0),
+    })
 }
 
 impl Report {
@@ -58,23 +97,34 @@ impl Report {
             .map(|round| round.pytorch_eager.as_ref())
             .collect::<Option<Vec<_>>>()
             .map(|torch| median_round(torch.into_iter()));
-        let train_vs_pytorch = (0..count)
+        let pytorch_compile = rounds
+            .iter()
+            .map(|round| round.pytorch_compile.as_ref())
+            .collect::<Option<Vec<_>>>()
+            .map(|compiled| median_round(compiled.into_iter()));
+        let mut train_vs_pytorch: Vec<Ratio> = (0..count)
             .filter_map(|index| {
-                let ratios: Vec<f64> = rounds
-                    .iter()
-                    .map(|round| {
-                        let torch = round.pytorch_eager.as_ref()?;
-                        Some(round.backends[index].train_images_per_s / torch.train_images_per_s)
-                    })
-                    .collect::<Option<_>>()?;
-                Some(Ratio {
-                    backend: rounds[0].backends[index].backend.clone(),
-                    median: percentile(&ratios, 50.0),
-                    min: percentile(&ratios, 0.0),
-                    max: percentile(&ratios, 100.0),
-                })
+                let backend = &rounds[0].backends[index].backend;
+                ratio(&rounds, backend, |round| round.backends.get(index))
             })
             .collect();
+        if let Some(compiled) = &pytorch_compile {
+            train_vs_pytorch.extend(ratio(&rounds, &compiled.backend, |round| {
+                round.pytorch_compile.as_ref()
+            }));
+        }
+        let sgemm: Option<Vec<f64>> = rounds.iter().map(|round| round.sgemm_gflops).collect();
+        let limit = sgemm.map(|sgemm| {
+            let sgemm_gflops = percentile(&sgemm, 50.0);
+            let (training, forward) = (workload.training_flop(), workload.forward_flop());
+            Limit {
+                sgemm_gflops,
+                training_mflop_per_image: training / 1e6,
+                forward_mflop_per_image: forward / 1e6,
+                train_images_per_s: sgemm_gflops * 1e9 / training,
+                infer_images_per_s: sgemm_gflops * 1e9 / forward,
+            }
+        });
         Self {
             machine,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
@@ -84,7 +134,9 @@ impl Report {
             ),
             backends,
             pytorch_eager,
+            pytorch_compile,
             train_vs_pytorch,
+            limit,
             rounds,
         }
     }
@@ -93,22 +145,34 @@ impl Report {
         let mut lines = vec![
             format!("{} ({} cores); {}", self.machine, self.cores, self.model),
             format!(
-                "| {:<13} | {:>14} | {:>9} | {:>9} | {:>15} | {:>9} | {:>18} |",
+                "| {:<22} | {:>11} | {:>7} | {:>7} | {:>7} | {:>11} | {:>7} | {:>7} | {:>18} |",
                 "backend",
                 "train img/s",
+                "share",
                 "p50 ms",
                 "p99 ms",
                 "infer img/s",
+                "share",
                 "RSS MiB",
                 "vs PyTorch"
             ),
             format!(
-                "|{0:-<15}|{0:-<16}|{0:-<11}|{0:-<11}|{0:-<17}|{0:-<11}|{0:-<20}|",
+                "|{0:-<24}|{0:-<13}|{0:-<9}|{0:-<9}|{0:-<9}|{0:-<13}|{0:-<9}|{0:-<9}|{0:-<20}|",
                 ""
             ),
         ];
         let torch = self.pytorch_eager.as_ref();
-        for row in self.backends.iter().chain(torch) {
+        let share = |value: f64, limit: Option<f64>| {
+            limit.map_or("—".into(), |limit| {
+                format!("{:.0} %", 100.0 * value / limit)
+            })
+        };
+        for row in self
+            .backends
+            .iter()
+            .chain(torch)
+            .chain(self.pytorch_compile.as_ref())
+        {
             let ratio = match self
                 .train_vs_pytorch
                 .iter()
@@ -122,12 +186,14 @@ impl Report {
                 None => "—".into(),
             };
             lines.push(format!(
-                "| {:<13} | {:>14.0} | {:>9.2} | {:>9.2} | {:>15.0} | {:>9.0} | {:>18} |",
+                "| {:<22} | {:>11.0} | {:>7} | {:>7.2} | {:>7.2} | {:>11.0} | {:>7} | {:>7.0} | {:>18} |",
                 row.backend,
                 row.train_images_per_s,
+                share(row.train_images_per_s, self.limit.as_ref().map(|l| l.train_images_per_s)),
                 row.latency_p50_ms,
                 row.latency_p99_ms,
                 row.infer_images_per_s,
+                share(row.infer_images_per_s, self.limit.as_ref().map(|l| l.infer_images_per_s)),
                 row.peak_rss_mib,
                 ratio
             ));
@@ -137,6 +203,18 @@ impl Report {
              same round, median (range))",
             self.rounds.len()
         ));
+        if let Some(limit) = &self.limit {
+            lines.push(format!(
+                "(share: of the machine's limit if the matrix products were all the work: sgemm \
+                 {:.0} GFLOP/s over {:.1} MFLOP per trained image = {:.0} images/s, over {:.1} \
+                 MFLOP per inferred image = {:.0} images/s)",
+                limit.sgemm_gflops,
+                limit.training_mflop_per_image,
+                limit.train_images_per_s,
+                limit.forward_mflop_per_image,
+                limit.infer_images_per_s
+            ));
+        }
         lines.join("\n")
     }
 

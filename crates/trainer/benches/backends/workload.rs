@@ -53,3 +53,35 @@ impl Workload {
         })
     }
 }
+
+impl Workload {
+    /// Floating-point operations (2 per multiply-add) in the matrix products of one image's
+    /// forward pass: the stem's convolutions, the patch embedding, each block's projections,
+    /// attention scores and weighted sums and feed-forward layers, and the head. Element-wise
+    /// work is left out: this is what a perfect sgemm would have to do.
+    pub(crate) fn forward_flop(&self) -> f64 {
+        let m = &self.model;
+        let pixels = m.image_size * m.image_size;
+        let mut flop = 0;
+        let mut channels = m.channels;
+        for &out in &m.stem_channels {
+            flop += 2 * pixels * channels * 9 * out;
+            channels = out;
+        }
+        let patches = pixels / (m.patch_size * m.patch_size);
+        let tokens = patches + 1;
+        flop += 2 * patches * channels * m.patch_size * m.patch_size * m.dim;
+        let projections = 2 * tokens * m.dim * (3 * m.dim + m.dim);
+        let attention = 2 * 2 * tokens * tokens * m.dim;
+        let feed_forward = 2 * 2 * tokens * m.dim * m.mlp_dim;
+        flop += m.depth * (projections + attention + feed_forward);
+        flop += 2 * (m.dim * m.mlp_dim + m.mlp_dim * m.num_classes);
+        flop as f64
+    }
+
+    /// A training step's matrix products per image: the forward pass, and twice as many in
+    /// the backward pass (the gradients of each product's two operands).
+    pub(crate) fn training_flop(&self) -> f64 {
+        3.0 * self.forward_flop()
+    }
+}
