@@ -149,6 +149,10 @@ impl TrainingProgressLogger for LineRenderer {
     }
 
     fn end_split(&mut self) {
+        // An empty split (validation with `data.valid_size` 0) has no figures to report.
+        if self.split_items == 0 {
+            return;
+        }
         let seconds = self.elapsed();
         let metrics: Vec<String> = self
             .values
