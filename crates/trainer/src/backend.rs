@@ -36,8 +36,72 @@ pub fn compiled() -> Vec<&'static str> {
         .collect()
 }
 
-/// The device of the chosen backend, started and ready.
-pub fn select() -> anyhow::Result<Device> {
+/// Which libtorch device `--device` asks for (`cpu`, `cuda` or `cuda:N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TorchDevice {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for TorchDevice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.to_lowercase().as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|index| index.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("`{text}` is not a device: cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for TorchDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(index) => write!(f, "cuda:{index}"),
+        }
+    }
+}
+
+/// The libtorch device to run on, given what `--device` asks for and how many CUDA devices
+/// libtorch sees, with the line that says so: the first CUDA device when none is asked for
+/// and there is one, else the CPU. Asking for a CUDA device that is not there is an error.
+pub fn choose_torch_device(
+    requested: Option<TorchDevice>,
+    cuda_devices: usize,
+) -> anyhow::Result<(TorchDevice, String)> {
+    Ok(match requested {
+        None if cuda_devices > 0 => (
+            TorchDevice::Cuda(0),
+            format!("tch: running on CUDA device 0 ({cuda_devices} visible to libtorch)"),
+        ),
+        None => (
+            TorchDevice::Cpu,
+            "tch: libtorch sees no CUDA device; running on the CPU".into(),
+        ),
+        Some(TorchDevice::Cpu) => (
+            TorchDevice::Cpu,
+            "tch: running on the CPU (--device cpu)".into(),
+        ),
+        Some(TorchDevice::Cuda(index)) if index < cuda_devices => (
+            TorchDevice::Cuda(index),
+            format!("tch: running on CUDA device {index} (--device cuda:{index})"),
+        ),
+        Some(TorchDevice::Cuda(index)) => bail!(
+            "--device cuda:{index}, but libtorch sees {cuda_devices} CUDA device(s); \
+             use --device cpu, or a machine with an NVIDIA GPU and its driver"
+        ),
+    })
+}
+
+/// The device of the chosen backend, started and ready. `torch_device` is `--device`, which
+/// only the tch backend takes.
+pub fn select(torch_device: Option<TorchDevice>) -> anyhow::Result<Device> {
     let compiled = compiled();
     let name = match std::env::var(DEVICE_VARIABLE) {
         Ok(name) => {
@@ -55,7 +119,13 @@ pub fn select() -> anyhow::Result<Device> {
             .first()
             .ok_or_else(|| anyhow!("built without any backend feature"))?,
     };
-    let device = Device::default();
+    let device = if name == "tch" {
+        libtorch_device(torch_device)?
+    } else if let Some(requested) = torch_device {
+        bail!("--device {requested} chooses a libtorch device; the {name} backend takes none");
+    } else {
+        Device::default()
+    };
     start(&device).map_err(|message| {
         anyhow!(
             "the {name} backend cannot start: {message}\n{}",
@@ -63,6 +133,23 @@ pub fn select() -> anyhow::Result<Device> {
         )
     })?;
     Ok(device)
+}
+
+#[cfg(feature = "tch")]
+#[allow(deprecated)] // burn-tch is deprecated upstream; this project still supports it
+fn libtorch_device(requested: Option<TorchDevice>) -> anyhow::Result<Device> {
+    let visible = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+    let (chosen, line) = choose_torch_device(requested, visible)?;
+    eprintln!("{line}");
+    Ok(match chosen {
+        TorchDevice::Cpu => Device::libtorch(),
+        TorchDevice::Cuda(index) => Device::libtorch_cuda(index),
+    })
+}
+
+#[cfg(not(feature = "tch"))]
+fn libtorch_device(_requested: Option<TorchDevice>) -> anyhow::Result<Device> {
+    unreachable!("tch is only chosen when compiled in")
 }
 
 /// Runs one tiny operation on `device`. Backends start lazily and report a missing driver or
@@ -120,6 +207,47 @@ fn remedy(backend: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tch_takes_the_first_cuda_device_when_there_is_one_and_the_cpu_otherwise() {
+        let (device, line) = choose_torch_device(None, 2).unwrap();
+        assert_eq!(device, TorchDevice::Cuda(0));
+        assert!(line.contains("CUDA device 0"), "{line}");
+        let (device, line) = choose_torch_device(None, 0).unwrap();
+        assert_eq!(device, TorchDevice::Cpu);
+        assert!(line.contains("no CUDA device"), "{line}");
+    }
+
+    #[test]
+    fn an_explicit_device_wins_and_a_missing_gpu_is_an_error_naming_it() {
+        let cpu = choose_torch_device(Some(TorchDevice::Cpu), 4).unwrap();
+        assert_eq!(cpu.0, TorchDevice::Cpu);
+        let second = choose_torch_device(Some(TorchDevice::Cuda(1)), 2).unwrap();
+        assert_eq!(second.0, TorchDevice::Cuda(1));
+        for visible in [0, 1] {
+            let error = choose_torch_device(Some(TorchDevice::Cuda(1)), visible)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("--device cuda:1"), "{error}");
+            assert!(error.contains(&format!("sees {visible}")), "{error}");
+        }
+    }
+
+    #[test]
+    fn device_names_parse_and_print_back() {
+        for (text, device) in [
+            ("cpu", TorchDevice::Cpu),
+            ("CUDA", TorchDevice::Cuda(0)),
+            ("cuda:3", TorchDevice::Cuda(3)),
+        ] {
+            assert_eq!(text.parse::<TorchDevice>(), Ok(device));
+        }
+        assert_eq!(TorchDevice::Cuda(3).to_string(), "cuda:3");
+        for bad in ["gpu", "cuda:", "cuda:-1", "cuda:x", ""] {
+            let error = bad.parse::<TorchDevice>().unwrap_err();
+            assert!(error.contains(&format!("`{bad}`")), "{error}");
+        }
+    }
 
     #[test]
     fn the_default_cpu_backends_are_compiled_in_order() {

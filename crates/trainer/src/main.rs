@@ -39,6 +39,10 @@ use crate::run_dir::{RunDir, default_run_name};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The libtorch device for the tch backend: `cpu`, `cuda` or `cuda:N` [default: the first
+    /// CUDA device when libtorch sees one, else the CPU].
+    #[arg(long, global = true, value_name = "cpu|cuda[:N]")]
+    device: Option<backend::TorchDevice>,
 }
 
 #[derive(Subcommand)]
@@ -216,7 +220,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let device = backend::select()?;
+    let device = backend::select(cli.device)?;
     match cli.command {
         Command::Train {
             config: config_path,
