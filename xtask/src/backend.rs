@@ -67,7 +67,10 @@ pub fn prepare(backend: &str, command: &mut Command) -> Result<(), String> {
 
 /// The Vulkan driver manifest wgpu will load on Linux (other systems bring Metal or DX12).
 pub fn vulkan_driver() -> Result<Option<PathBuf>, String> {
-    if !cfg!(target_os = "linux") || std::env::var_os("VK_ICD_FILENAMES").is_some() {
+    let named = ["VK_DRIVER_FILES", "VK_ICD_FILENAMES"]
+        .iter()
+        .any(|variable| std::env::var_os(variable).is_some());
+    if !cfg!(target_os = "linux") || named {
         return Ok(None);
     }
     let manifests = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]

@@ -13,12 +13,15 @@
 //! - `bench --criterion [criterion args…]`: the data pipeline against a training step (flex)
 //! - `bench --serve --run-dir R [--clients C] [--requests N] [--rounds N]`: requests/s and
 //!   latency of `serve`, batched and unbatched
+//! - `gpu-check [--dry-run] [--data-dir DIR] [--out DIR] [--epochs N]`: wgpu and tch on an
+//!   NVIDIA GPU beside PyTorch CUDA eager, and the tutorial on the faster (module `gpu_check`)
 //!
 //! Each trainer command builds and runs the trainer with exactly one backend's cargo feature,
 //! so the binary holds one backend only; the terminal is passed through so the training
 //! dashboard works.
 
 mod backend;
+mod gpu_check;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -64,6 +67,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             setup::run(&backends).map(|()| ExitCode::SUCCESS)
         }
         "test" => test(rest),
+        "gpu-check" => gpu_check::run(rest),
         "reference" => reference(rest),
         command if TRAINER_COMMANDS.contains(&command) => trainer(command, rest),
         _ => Err(format!("unknown command `{command}`\n{}", usage())),
@@ -150,6 +154,12 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
     }
     let serve = args.first().is_some_and(|first| first == "--serve");
     let args = if serve { &args[1..] } else { args };
+    exit_code(&mut bench_command(serve, args)?)
+}
+
+/// The `cargo bench` of the trainer's `backends` bench (`serve` false) or its `serve` bench,
+/// with `args` for it.
+fn bench_command(serve: bool, args: &[String]) -> Result<Command, String> {
     let (backends, rest) = take_backends(args)?;
     if serve && backends.len() > 1 {
         return Err("bench --serve runs the server on one backend: name at most one".into());
@@ -183,7 +193,22 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
     if let Some(python) = Torch::find().ok().and_then(|torch| torch.python()) {
         cargo.env("VIT_BENCH_PYTHON", python);
     }
-    exit_code(&mut cargo)
+    Ok(cargo)
+}
+
+/// `cargo build` or `cargo run` (`action`) of the trainer as the test build holds it, every
+/// backend in one binary (`BURN_DEVICE` picks one), with `args` for it.
+fn test_build_trainer(action: &str, args: &[String]) -> Result<Command, String> {
+    let mut cargo = cargo(&[action, "--profile", "dev", "--package", "vit-trainer"]);
+    cargo.args(["--bin", "vit-trainer", "--locked"]);
+    cargo.args(["--features", "vit-trainer/wgpu,vit-trainer/tch"]);
+    if !args.is_empty() {
+        cargo.arg("--").args(args);
+    }
+    for backend in BACKENDS {
+        prepare(backend, &mut cargo)?;
+    }
+    Ok(cargo)
 }
 
 fn cargo(args: &[&str]) -> Command {
@@ -211,7 +236,8 @@ fn usage() -> String {
          cargo xtask test [--backend B]… [cargo test args…]\n       \
          cargo xtask reference <check|train|fixture> [args…]\n       \
          cargo xtask bench [--backend B]… [--rounds N] [--out FILE] | bench --criterion [args…]\n       \
-         cargo xtask bench --serve --run-dir R [--backend B] [--clients C] [--requests N]\n\
+         cargo xtask bench --serve --run-dir R [--backend B] [--clients C] [--requests N]\n       \
+         cargo xtask gpu-check [--dry-run] [--data-dir DIR] [--out DIR] [--epochs N]\n\
          (default backend: {DEFAULT_BACKEND}; `cargo xtask train --help` lists the trainer's arguments)",
         TRAINER_COMMANDS.join("|"),
         BACKENDS.join("|"),

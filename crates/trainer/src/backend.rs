@@ -99,9 +99,9 @@ pub fn choose_torch_device(
     })
 }
 
-/// The device of the chosen backend, started and ready. `torch_device` is `--device`, which
+/// The device of the chosen backend, started and ready. `requested` is `--device`, which
 /// only the tch backend takes.
-pub fn select(torch_device: Option<TorchDevice>) -> anyhow::Result<Device> {
+pub fn select(requested: Option<TorchDevice>) -> anyhow::Result<Device> {
     let compiled = compiled();
     let name = match std::env::var(DEVICE_VARIABLE) {
         Ok(name) => {
@@ -120,8 +120,8 @@ pub fn select(torch_device: Option<TorchDevice>) -> anyhow::Result<Device> {
             .ok_or_else(|| anyhow!("built without any backend feature"))?,
     };
     let device = if name == "tch" {
-        libtorch_device(torch_device)?
-    } else if let Some(requested) = torch_device {
+        torch_device(requested)?
+    } else if let Some(requested) = requested {
         bail!("--device {requested} chooses a libtorch device; the {name} backend takes none");
     } else {
         Device::default()
@@ -135,9 +135,10 @@ pub fn select(torch_device: Option<TorchDevice>) -> anyhow::Result<Device> {
     Ok(device)
 }
 
+/// The libtorch device [`choose_torch_device`] picks, with its line on stderr.
 #[cfg(feature = "tch")]
 #[allow(deprecated)] // burn-tch is deprecated upstream; this project still supports it
-fn libtorch_device(requested: Option<TorchDevice>) -> anyhow::Result<Device> {
+pub fn torch_device(requested: Option<TorchDevice>) -> anyhow::Result<Device> {
     let visible = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
     let (chosen, line) = choose_torch_device(requested, visible)?;
     eprintln!("{line}");
@@ -148,8 +149,8 @@ fn libtorch_device(requested: Option<TorchDevice>) -> anyhow::Result<Device> {
 }
 
 #[cfg(not(feature = "tch"))]
-fn libtorch_device(_requested: Option<TorchDevice>) -> anyhow::Result<Device> {
-    unreachable!("tch is only chosen when compiled in")
+pub fn torch_device(_requested: Option<TorchDevice>) -> anyhow::Result<Device> {
+    bail!("this build holds no tch backend (build with the `tch` feature)")
 }
 
 /// Runs one tiny operation on `device`. Backends start lazily and report a missing driver or

@@ -8,7 +8,8 @@
 //! inference latency p50/p99 at batch 1, inference images/s at batch 1000, peak RSS.
 //! `--rounds N` (default 3) measures everything N times, interleaved; each row is the round with
 //! that backend's median training figure, and the ratio to PyTorch is the median of the
-//! per-round ratios.
+//! per-round ratios. `--cuda` measures tch and PyTorch on the first CUDA device (and leaves out
+//! the CPU's sgemm yardstick); wgpu takes the GPU its default device finds either way.
 //!
 //! `--phases <backend> [steps]` is the profiling mode: it only trains, and prints the median time
 //! of the forward pass with the loss, the backward pass and the optimiser step (forward and
@@ -23,7 +24,7 @@ use std::process::Command;
 
 use burn::prelude::*;
 
-use vit_trainer::backend::{compiled, compiled_devices};
+use vit_trainer::backend::{TorchDevice, compiled, compiled_devices, torch_device};
 
 use measure::{Figures, measure, phases};
 use report::{Report, Round};
@@ -45,9 +46,10 @@ fn main() {
         }),
     };
     // `cargo bench` passes `--bench`; the child mode is `--child <backend>`.
+    let cuda = args.iter().any(|arg| arg == "--cuda");
     if let Some(position) = args.iter().position(|arg| arg == "--child") {
         let backend = &args[position + 1];
-        let figures = measure(backend, &device(backend), &workload);
+        let figures = measure(backend, &device(backend, cuda), &workload);
         println!(
             "{}",
             serde_json::to_string(&figures).expect("figures serialise")
@@ -70,7 +72,7 @@ fn main() {
                 std::process::exit(1);
             }),
         };
-        phases(&device(backend), steps, &workload);
+        phases(&device(backend, cuda), steps, &workload);
         return;
     }
     let options = Options::parse(&args);
@@ -82,7 +84,7 @@ fn main() {
         let mut backends = Vec::new();
         for backend in &options.backends {
             eprintln!("round {round}/{}: measuring {backend} …", options.rounds);
-            match child(backend, config.as_deref()) {
+            match child(backend, config.as_deref(), cuda) {
                 Ok(figures) => backends.push(figures),
                 Err(message) => {
                     eprintln!("error: {backend}: {message}");
@@ -91,12 +93,13 @@ fn main() {
             }
         }
         let python = options.python.as_deref();
+        let on_device: &[&str] = if cuda { &["--device", "cuda"] } else { &[] };
         let pytorch_eager = python.map(|python| {
             eprintln!(
                 "round {round}/{}: measuring PyTorch eager …",
                 options.rounds
             );
-            pytorch(python, config.as_deref(), &[]).unwrap_or_else(|message| {
+            pytorch(python, config.as_deref(), on_device).unwrap_or_else(|message| {
                 eprintln!("error: PyTorch: {message}");
                 std::process::exit(1);
             })
@@ -108,11 +111,13 @@ fn main() {
                 "round {round}/{}: measuring PyTorch with torch.compile …",
                 options.rounds
             );
-            pytorch(python, config.as_deref(), &["--compile"])
+            let flags = [on_device, &["--compile"]].concat();
+            pytorch(python, config.as_deref(), &flags)
                 .map_err(|message| eprintln!("torch.compile left out: {message}"))
                 .ok()
         });
-        let sgemm_gflops = python.and_then(|python| {
+        // The CPU's matrix product speed is no yardstick for a GPU.
+        let sgemm_gflops = python.filter(|_| !cuda).and_then(|python| {
             sgemm(python)
                 .map_err(|message| eprintln!("sgemm left out: {message}"))
                 .ok()
@@ -190,7 +195,19 @@ impl Options {
     }
 }
 
-fn device(backend: &str) -> Device {
+/// `backend`'s device; tch's is the first CUDA device with `--cuda`, else the CPU.
+fn device(backend: &str, cuda: bool) -> Device {
+    if backend == "tch" {
+        let requested = if cuda {
+            TorchDevice::Cuda(0)
+        } else {
+            TorchDevice::Cpu
+        };
+        return torch_device(Some(requested)).unwrap_or_else(|error| {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        });
+    }
     let found = compiled_devices()
         .into_iter()
         .find(|(name, _)| *name == backend);
@@ -207,11 +224,12 @@ fn device(backend: &str) -> Device {
 }
 
 /// Runs this program again as `--child backend` and reads its figures.
-fn child(backend: &str, config: Option<&str>) -> Result<Figures, String> {
+fn child(backend: &str, config: Option<&str>, cuda: bool) -> Result<Figures, String> {
     let exe = std::env::current_exe().map_err(|error| error.to_string())?;
     let output = Command::new(exe)
         .args(["--child", backend])
         .args(config.into_iter().flat_map(|path| ["--config", path]))
+        .args(cuda.then_some("--cuda"))
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|error| error.to_string())?;

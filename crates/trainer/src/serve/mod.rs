@@ -118,10 +118,10 @@ async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Resp
     if app.test_hooks && headers.contains_key("x-test-panic") {
         panic!("{TEST_HOOKS_VAR}: a handler panics on request");
     }
-    let hold = headers
-        .get("x-test-hold-ms")
-        .filter(|_| app.test_hooks)
-        .and_then(|value| value.to_str().ok()?.parse().ok())
+    let hold = app
+        .test_hooks
+        .then(|| headers.get("x-test-hold-ms")?.to_str().ok()?.parse().ok())
+        .flatten()
         .map(std::time::Duration::from_millis);
     let declared = headers
         .get(header::CONTENT_LENGTH)
