@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::{bench_command, setup, test_build_trainer};
+use crate::{bench_command, run_status, setup, test_build_trainer};
 
 /// The GPU backends this check compares, in the bench's order.
 const GPU_BACKENDS: [&str; 2] = ["wgpu", "tch"];
@@ -191,9 +191,7 @@ fn nvidia_gpu() -> Option<String> {
 }
 
 fn succeed(command: &mut Command, what: &str) -> Result<(), String> {
-    let status = command
-        .status()
-        .map_err(|error| format!("cannot run {:?}: {error}", command.get_program()))?;
+    let status = run_status(command)?;
     if status.success() {
         Ok(())
     } else {

@@ -218,10 +218,15 @@ fn cargo(args: &[&str]) -> Command {
 }
 
 /// Runs `command` with the terminal passed through and returns its exit status.
-fn exit_code(command: &mut Command) -> Result<ExitCode, String> {
-    let status = command
+fn run_status(command: &mut Command) -> Result<std::process::ExitStatus, String> {
+    command
         .status()
-        .map_err(|error| format!("cannot run {:?}: {error}", command.get_program()))?;
+        .map_err(|error| format!("cannot run {:?}: {error}", command.get_program()))
+}
+
+/// [`run_status`] as this program's exit code.
+fn exit_code(command: &mut Command) -> Result<ExitCode, String> {
+    let status = run_status(command)?;
     Ok(match status.code() {
         Some(0) => ExitCode::SUCCESS,
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
