@@ -7,7 +7,8 @@
 //!    tutorial's batch, batch-1 latency and batch-1000 images/s, with PyTorch eager
 //!    (`tools/torch_bench.py --device cuda`) in the same round;
 //! 3. the tutorial (`configs/vit-mnist-tutorial.json`, 10 epochs) on whichever of wgpu and tch
-//!    trained faster, with the trainer of the same build, timed from start to report.
+//!    trained faster, with the trainer binary of the bench's build (nothing is rebuilt), timed
+//!    from start to report.
 //!
 //! `--dry-run` runs the same steps without a GPU (tch and PyTorch on the CPU, wgpu on whatever
 //! Vulkan driver there is, lavapipe here) and one epoch, to prove the script on a CPU machine.
@@ -81,10 +82,12 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
     let cuda = !options.dry_run;
     match (&gpu, cuda) {
         (None, true) => {
-            return Err("gpu-check: nvidia-smi finds no NVIDIA GPU here; `cargo xtask \
+            return Err(
+                "gpu-check: nvidia-smi finds no NVIDIA GPU here; `cargo xtask \
                         gpu-check --dry-run` runs the same steps on the CPU (tch, PyTorch) and \
                         the Vulkan driver there is (wgpu)"
-                .into());
+                    .into(),
+            );
         }
         (Some(name), true) => eprintln!("gpu-check: {name}"),
         (_, false) => eprintln!("gpu-check: dry run, on the CPU and the Vulkan driver here"),
@@ -117,13 +120,8 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
     let bench = read_json(&bench_file)?;
     let fastest = fastest(&bench)?;
 
-    step(&format!("the tutorial on {fastest}: build"));
-    let mut build = test_build_trainer("build", &[])?;
-    succeed(&mut build, "the trainer's build")?;
-
     step(&format!(
-        "the tutorial on {fastest}: {} epoch(s), timed",
-        options.epochs
+        "the tutorial on {fastest}: the bench build's trainer"
     ));
     let runs = options.out.join("runs");
     let run_name = format!("tutorial-{fastest}");
@@ -145,8 +143,12 @@ pub fn run(args: &[String]) -> Result<ExitCode, String> {
         let device = if cuda { "cuda" } else { "cpu" };
         train_args.extend(["--device".into(), device.into()]);
     }
-    let mut train = test_build_trainer("run", &train_args)?;
+    let mut train = test_build_trainer(&train_args)?;
     train.env("BURN_DEVICE", &fastest);
+    step(&format!(
+        "the tutorial on {fastest}: {} epoch(s), timed",
+        options.epochs
+    ));
     let timer = Instant::now();
     succeed(&mut train, "the tutorial run")?;
     let wall_seconds = timer.elapsed().as_secs_f64();
@@ -209,7 +211,12 @@ fn read_json(path: &Path) -> Result<Value, String> {
 fn fastest(bench: &Value) -> Result<String, String> {
     let rows = bench["backends"].as_array().cloned().unwrap_or_default();
     rows.iter()
-        .filter_map(|row| Some((row["backend"].as_str()?, row["train_images_per_s"].as_f64()?)))
+        .filter_map(|row| {
+            Some((
+                row["backend"].as_str()?,
+                row["train_images_per_s"].as_f64()?,
+            ))
+        })
         .filter(|(backend, _)| GPU_BACKENDS.contains(backend))
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(backend, _)| backend.to_string())
@@ -304,8 +311,14 @@ mod tests {
                          "learner_seconds_per_epoch": 3.5, "test_accuracy": 98.7},
         });
         let table = table(&summary);
-        assert!(table.contains("| wgpu | 20000 | 0.50× | 1.50 | 90000 |"), "{table}");
-        assert!(table.contains("| pytorch 2.9.0 cuda | 40000 | 1.00× |"), "{table}");
+        assert!(
+            table.contains("| wgpu | 20000 | 0.50× | 1.50 | 90000 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| pytorch 2.9.0 cuda | 40000 | 1.00× |"),
+            "{table}"
+        );
         assert!(
             table.contains("10 epoch(s) in 42.0 s") && table.contains("98.70 %"),
             "{table}"

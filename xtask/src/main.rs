@@ -196,19 +196,64 @@ fn bench_command(serve: bool, args: &[String]) -> Result<Command, String> {
     Ok(cargo)
 }
 
-/// `cargo build` or `cargo run` (`action`) of the trainer as the test build holds it, every
-/// backend in one binary (`BURN_DEVICE` picks one), with `args` for it.
-fn test_build_trainer(action: &str, args: &[String]) -> Result<Command, String> {
-    let mut cargo = cargo(&[action, "--profile", "dev", "--package", "vit-trainer"]);
-    cargo.args(["--bin", "vit-trainer", "--locked"]);
-    cargo.args(["--features", "vit-trainer/wgpu,vit-trainer/tch"]);
-    if !args.is_empty() {
-        cargo.arg("--").args(args);
+/// The trainer binary of the bench's build (every backend in one binary; `BURN_DEVICE` picks
+/// one), built if it is not there yet, with the environment of every backend and `args` for it.
+///
+/// `cargo build -p vit-trainer` would not do: without the test and bench targets cargo resolves
+/// Burn's features without the dev-dependencies and builds a second copy of Burn. So the binary
+/// comes from `cargo bench --no-run` with the bench's own arguments, whose JSON messages name it.
+fn test_build_trainer(args: &[String]) -> Result<Command, String> {
+    let mut cargo = bench_command(false, &[])?;
+    // The bench's arguments after `--` are for the bench binary; `--no-run` goes before them.
+    let cargo_args: Vec<_> = cargo.get_args().map(ToOwned::to_owned).collect();
+    let split = cargo_args
+        .iter()
+        .position(|arg| arg == "--")
+        .unwrap_or(cargo_args.len());
+    let mut build = Command::new(cargo.get_program());
+    build.args(&cargo_args[..split]);
+    build.args([
+        "--no-run",
+        "--locked",
+        "--message-format",
+        "json-render-diagnostics",
+    ]);
+    build.envs(
+        cargo
+            .get_envs()
+            .filter_map(|(key, value)| Some((key, value?))),
+    );
+    build.stderr(std::process::Stdio::inherit());
+    let output = build
+        .output()
+        .map_err(|error| format!("cannot run {:?}: {error}", build.get_program()))?;
+    if !output.status.success() {
+        return Err(format!("the trainer's build failed ({})", output.status));
     }
-    for backend in BACKENDS {
-        prepare(backend, &mut cargo)?;
-    }
-    Ok(cargo)
+    let binary = trainer_executable(&String::from_utf8_lossy(&output.stdout))
+        .ok_or("the trainer's build names no vit-trainer binary in its messages")?;
+    let mut trainer = Command::new(binary);
+    trainer.args(args);
+    trainer.envs(
+        cargo
+            .get_envs()
+            .filter_map(|(key, value)| Some((key, value?))),
+    );
+    Ok(trainer)
+}
+
+/// The `vit-trainer` binary's path in cargo's JSON messages (one JSON object per line).
+fn trainer_executable(messages: &str) -> Option<std::path::PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter(|message| message["target"]["name"] == "vit-trainer")
+        .filter(|message| {
+            let kinds = message["target"]["kind"].as_array();
+            kinds.is_some_and(|kinds| kinds.iter().any(|kind| kind == "bin"))
+        })
+        .find_map(|message| message["executable"].as_str().map(Into::into))
 }
 
 fn cargo(args: &[&str]) -> Command {
@@ -247,4 +292,27 @@ fn usage() -> String {
         TRAINER_COMMANDS.join("|"),
         BACKENDS.join("|"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trainer_binary_is_found_among_cargo_messages() {
+        let messages = [
+            r#"{"reason":"compiler-artifact","target":{"name":"vit-trainer","kind":["lib"]},"executable":null}"#,
+            "not JSON: a line cargo's build script printed",
+            r#"{"reason":"compiler-artifact","target":{"name":"backends","kind":["bench"]},"executable":"/t/deps/backends-1"}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"vit-trainer","kind":["bin"]},"executable":"/t/debug/vit-trainer"}"#,
+            r#"{"reason":"build-finished","success":true}"#,
+        ]
+        .join("\n");
+        let found = trainer_executable(&messages);
+        assert_eq!(found, Some("/t/debug/vit-trainer".into()));
+        assert_eq!(
+            trainer_executable(&messages.lines().take(3).collect::<Vec<_>>().join("\n")),
+            None
+        );
+    }
 }
