@@ -203,7 +203,7 @@ fn bench_command(serve: bool, args: &[String]) -> Result<Command, String> {
 /// Burn's features without the dev-dependencies and builds a second copy of Burn. So the binary
 /// comes from `cargo bench --no-run` with the bench's own arguments, whose JSON messages name it.
 fn test_build_trainer(args: &[String]) -> Result<Command, String> {
-    let mut cargo = bench_command(false, &[])?;
+    let cargo = bench_command(false, &[])?;
     // The bench's arguments after `--` are for the bench binary; `--no-run` goes before them.
     let cargo_args: Vec<_> = cargo.get_args().map(ToOwned::to_owned).collect();
     let split = cargo_args
