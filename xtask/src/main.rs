@@ -164,10 +164,8 @@ fn bench_command(serve: bool, args: &[String]) -> Result<Command, String> {
     if serve && backends.len() > 1 {
         return Err("bench --serve runs the server on one backend: name at most one".into());
     }
-    // Built like the tests (every backend that the test build holds), so nothing is rebuilt.
-    let mut cargo = cargo(&["bench", "--profile", "dev", "--workspace", "--bench"]);
-    cargo.arg(if serve { "serve" } else { "backends" });
-    cargo.args(["--features", "vit-trainer/wgpu,vit-trainer/tch", "--"]);
+    let mut cargo = bench_build(serve)?;
+    cargo.arg("--");
     let measured = if backends.is_empty() && !serve {
         BACKENDS.iter().map(ToString::to_string).collect()
     } else {
@@ -187,6 +185,16 @@ fn bench_command(serve: bool, args: &[String]) -> Result<Command, String> {
             cargo.arg(here.join(path));
         }
     }
+    Ok(cargo)
+}
+
+/// The `cargo bench` of the `backends` or `serve` bench without arguments for the bench, with
+/// every backend's environment. Built like the tests (every backend the test build holds), so
+/// nothing is rebuilt.
+fn bench_build(serve: bool) -> Result<Command, String> {
+    let mut cargo = cargo(&["bench", "--profile", "dev", "--workspace", "--bench"]);
+    cargo.arg(if serve { "serve" } else { "backends" });
+    cargo.args(["--features", "vit-trainer/wgpu,vit-trainer/tch"]);
     for backend in BACKENDS {
         prepare(backend, &mut cargo)?;
     }
@@ -201,28 +209,15 @@ fn bench_command(serve: bool, args: &[String]) -> Result<Command, String> {
 ///
 /// `cargo build -p vit-trainer` would not do: without the test and bench targets cargo resolves
 /// Burn's features without the dev-dependencies and builds a second copy of Burn. So the binary
-/// comes from `cargo bench --no-run` with the bench's own arguments, whose JSON messages name it.
+/// comes from the bench's own build, `--no-run`, whose JSON messages name it.
 fn test_build_trainer(args: &[String]) -> Result<Command, String> {
-    let cargo = bench_command(false, &[])?;
-    // The bench's arguments after `--` are for the bench binary; `--no-run` goes before them.
-    let cargo_args: Vec<_> = cargo.get_args().map(ToOwned::to_owned).collect();
-    let split = cargo_args
-        .iter()
-        .position(|arg| arg == "--")
-        .unwrap_or(cargo_args.len());
-    let mut build = Command::new(cargo.get_program());
-    build.args(&cargo_args[..split]);
+    let mut build = bench_build(false)?;
     build.args([
         "--no-run",
         "--locked",
         "--message-format",
         "json-render-diagnostics",
     ]);
-    build.envs(
-        cargo
-            .get_envs()
-            .filter_map(|(key, value)| Some((key, value?))),
-    );
     build.stderr(std::process::Stdio::inherit());
     let output = build
         .output()
@@ -235,7 +230,7 @@ fn test_build_trainer(args: &[String]) -> Result<Command, String> {
     let mut trainer = Command::new(binary);
     trainer.args(args);
     trainer.envs(
-        cargo
+        build
             .get_envs()
             .filter_map(|(key, value)| Some((key, value?))),
     );
