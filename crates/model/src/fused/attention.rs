@@ -15,7 +15,7 @@ use burn::backend::{Backend, TensorMetadata};
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use super::backward::{f32s, host};
+use super::host::host;
 use super::simd;
 
 /// Images handed to one task: enough work to outweigh a task's cost.
@@ -98,7 +98,7 @@ pub(super) fn host_attention<B: Backend>(
 ) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
     let device = qkv.device();
     let data = host::<B>(qkv);
-    let qkv = f32s(&data);
+    let qkv = data.f32s();
     let mut context = vec![0.0f32; sizes.images * sizes.context_len()];
     let context_tasks = context.par_chunks_mut(IMAGES_PER_TASK * sizes.context_len());
     let qkv_tasks = qkv.par_chunks(IMAGES_PER_TASK * sizes.projection_len());
@@ -135,7 +135,7 @@ pub(super) fn host_attention_backward<B: Backend>(
     let device = qkv.device();
     let shape = qkv.shape();
     let (qkv, weights, grad) = (host::<B>(qkv), host::<B>(weights), host::<B>(grad));
-    let (qkv, weights, grad) = (f32s(&qkv), f32s(&weights), f32s(&grad));
+    let (qkv, weights, grad) = (qkv.f32s(), weights.f32s(), grad.f32s());
     let mut grad_qkv = vec![0.0f32; qkv.len()];
     grad_qkv
         .par_chunks_mut(IMAGES_PER_TASK * sizes.projection_len())

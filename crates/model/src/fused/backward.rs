@@ -3,8 +3,9 @@
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata};
-use burn::tensor::{DType, TensorData, read_sync};
+use burn::tensor::{DType, TensorData};
 
+use super::host::host;
 use super::simd;
 
 /// LayerNorm's backward pass from primitive operations, for backends without a better one:
@@ -82,7 +83,7 @@ pub(super) fn host_layer_norm_backward<B: Backend>(
     let shape = x.shape();
     let features = shape[shape.num_dims() - 1];
     let (x, gamma, grad) = (host::<B>(x), host::<B>(gamma), host::<B>(grad));
-    let (x, gamma, grad) = (f32s(&x), f32s(&gamma), f32s(&grad));
+    let (x, gamma, grad) = (x.f32s(), gamma.f32s(), grad.f32s());
     let epsilon = epsilon as f32;
     let mut grad_x = vec![0.0f32; x.len()];
     let chunk = ROWS_PER_TASK * features;
@@ -185,7 +186,7 @@ pub(super) fn host_softmax_backward<B: Backend>(
     let shape = output.shape();
     let features = shape[shape.num_dims() - 1];
     let (output, grad) = (host::<B>(output), host::<B>(grad));
-    let (output, grad) = (f32s(&output), f32s(&grad));
+    let (output, grad) = (output.f32s(), grad.f32s());
     let mut grad_x = vec![0.0f32; output.len()];
     let chunk = ROWS_PER_TASK * features;
     grad_x
@@ -203,16 +204,6 @@ pub(super) fn host_softmax_backward<B: Backend>(
             }
         });
     B::float_from_data(TensorData::new(grad_x, shape), &device)
-}
-
-/// A tensor's values on the host, in row-major order.
-pub(super) fn host<B: Backend>(tensor: FloatTensor<B>) -> TensorData {
-    read_sync(B::float_into_data(tensor)).expect("a CPU backend's tensor is readable")
-}
-
-pub(super) fn f32s(data: &TensorData) -> &[f32] {
-    data.as_slice::<f32>()
-        .expect("the callers send f32 tensors only")
 }
 
 fn add_into(sum: &mut [f32], other: &[f32]) {

@@ -10,7 +10,7 @@ use burn::backend::{Backend, TensorMetadata};
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use super::backward::{f32s, host};
+use super::host::host;
 use super::simd;
 
 /// Values handed to one task: enough work to outweigh a task's cost.
@@ -19,8 +19,7 @@ const VALUES_PER_TASK: usize = 16 * 1024;
 /// `gelu(x)` for every value of `x`.
 pub(super) fn host_gelu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     let (device, shape) = (x.device(), x.shape());
-    let data = host::<B>(x);
-    let mut out = f32s(&data).to_vec();
+    let mut out = host::<B>(x).into_vec();
     out.par_chunks_mut(VALUES_PER_TASK).for_each(gelu_in_place);
     B::float_from_data(TensorData::new(out, shape), &device)
 }
@@ -31,11 +30,11 @@ pub(super) fn host_gelu_backward<B: Backend>(
     grad: FloatTensor<B>,
 ) -> FloatTensor<B> {
     let (device, shape) = (x.device(), x.shape());
-    let data = host::<B>(x);
-    let grad = host::<B>(grad);
-    let mut out = f32s(&grad).to_vec();
+    let x = host::<B>(x);
+    // The gradient's own buffer where nothing else holds it (the usual case in training).
+    let mut out = host::<B>(grad).into_vec();
     out.par_chunks_mut(VALUES_PER_TASK)
-        .zip(f32s(&data).par_chunks(VALUES_PER_TASK))
+        .zip(x.f32s().par_chunks(VALUES_PER_TASK))
         .for_each(|(grad, x)| gelu_backward_in_place(grad, x));
     B::float_from_data(TensorData::new(out, shape), &device)
 }

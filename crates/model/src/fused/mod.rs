@@ -44,6 +44,7 @@ use backward::{
 mod attention;
 mod backward;
 mod exact_gelu;
+mod host;
 #[cfg(feature = "tch")]
 mod libtorch;
 mod simd;
