@@ -198,7 +198,7 @@ impl EncoderBlock {
     fn forward_with_attention(&self, x: Tensor<2>, batch: usize) -> (Tensor<2>, Tensor<4>) {
         let tokens = x.dims()[0] / batch;
         let normed = normalize(&self.attention_norm, x.clone());
-        let qkv = projections(&self.attention, normed);
+        let qkv = projections(&self.attention, normed, None);
         let heads = self.attention.n_heads;
         let (context, weights) =
             fused::attention_and_weights(qkv, batch, heads, tokens, &self.attention.dropout);
@@ -250,14 +250,30 @@ fn self_attention(
     kept: usize,
 ) -> Tensor<2> {
     let heads = attention.n_heads;
-    let qkv = projections(attention, x);
+    let head_dim = attention.d_k;
+    if fused::attention_is_fused(&x, heads, head_dim, &attention.dropout) {
+        // The fused attention reads and writes each token's heads in lanes: reorder the
+        // weights' columns and rows, a few thousand values, instead of the activations.
+        let order = fused::lanes_order(heads, head_dim, &x.device());
+        let qkv = projections(attention, x, Some(&order));
+        let context = fused::attention_in_lanes(qkv, batch, heads, kept);
+        let output = &attention.output;
+        let weight = output.weight.val().select(0, order);
+        return linear(context, weight, output.bias.as_ref().map(|bias| bias.val()));
+    }
+    let qkv = projections(attention, x, None);
     let context = fused::attention(qkv, batch, heads, kept, &attention.dropout);
     attention.output.forward(context)
 }
 
 /// The queries (scaled by `1/sqrt(head_dim)`), keys and values of every head for the rows of
-/// `x`, in one matrix product: `[rows, 3 * dim]`.
-fn projections(attention: &MultiHeadAttention, x: Tensor<2>) -> Tensor<2> {
+/// `x`, in one matrix product: `[rows, 3 * dim]`; within each of the three, the columns in
+/// `order` (`fused::lanes_order`) when one is given.
+fn projections(
+    attention: &MultiHeadAttention,
+    x: Tensor<2>,
+    order: Option<&Tensor<1, Int>>,
+) -> Tensor<2> {
     let dim = x.dims()[1];
     let scale = 1.0 / (attention.d_k as f32).sqrt();
     let projections = [
@@ -265,23 +281,28 @@ fn projections(attention: &MultiHeadAttention, x: Tensor<2>) -> Tensor<2> {
         (&attention.key, 1.0),
         (&attention.value, 1.0),
     ];
-    let weight = Tensor::cat(
-        projections
-            .iter()
-            .map(|(linear, factor)| scaled(linear.weight.val(), *factor))
-            .collect(),
-        1,
-    ); // [dim, 3 * dim]
+    let weights = projections.iter().map(|(linear, factor)| {
+        let weight = scaled(linear.weight.val(), *factor); // [dim, dim]
+        match order {
+            Some(order) => weight.select(1, order.clone()),
+            None => weight,
+        }
+    });
+    let weight = Tensor::cat(weights.collect(), 1); // [dim, 3 * dim]
     let bias = projections
         .iter()
         .any(|(linear, _)| linear.bias.is_some())
         .then(|| {
-            let biases = projections
-                .iter()
-                .map(|(linear, factor)| match &linear.bias {
+            let biases = projections.iter().map(|(linear, factor)| {
+                let bias = match &linear.bias {
                     Some(bias) => scaled(bias.val(), *factor),
                     None => Tensor::zeros([dim], &x.device()),
-                });
+                };
+                match order {
+                    Some(order) => bias.select(0, order.clone()),
+                    None => bias,
+                }
+            });
             Tensor::cat(biases.collect(), 0)
         });
     linear(x, weight, bias) // [rows, 3 * dim]

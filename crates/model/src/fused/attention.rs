@@ -6,9 +6,16 @@
 //! that undo the permutes and the chunking. A batched product is one call of the matrix kernel
 //! per image and head (800 per product for a batch of 100 with 8 heads), each on matrices of
 //! 17 × 8 values, where the call and its packing cost more than the arithmetic. Here the
-//! forward pass is one sweep over the images, reading the queries, keys and values where the
-//! projection wrote them and writing the context where the output projection reads it; the
-//! backward pass is one more sweep, with the attention weights kept from the forward pass.
+//! forward pass is one sweep over the images and the backward pass one more, with the attention
+//! weights kept from the forward pass.
+//!
+//! The heads are the lanes of the CPU's vectors: the kernels read each token's projection with
+//! its values in head-lane order, `[query | key | value][head_dim][heads]`, where the usual
+//! order is `[heads][head_dim]`, and write the context in the same order. Every step of the
+//! attention is then the same arithmetic on all heads at once, a vector of 8 heads in one
+//! AVX2 register for the tutorial's model, with no row of 17 tokens to split into vectors and
+//! no transposes. The model puts the projection's columns (and the output projection's rows) in
+//! that order once per step, [`lanes_order`], instead of moving the activations.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata};
@@ -21,9 +28,8 @@ use super::simd;
 /// Images handed to one task: enough work to outweigh a task's cost.
 const IMAGES_PER_TASK: usize = 4;
 
-/// The sizes of one attention call, from the projection `[images * tokens, 3 * dim]` whose
-/// columns hold the queries (already scaled by `1/sqrt(head_dim)`), then the keys, then the
-/// values, each as `heads` runs of `head_dim` columns.
+/// The sizes of one attention call, from the projection `[images * tokens, 3 * dim]` in
+/// head-lane order (module docs); the queries are already scaled by `1/sqrt(head_dim)`.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Sizes {
     pub images: usize,
@@ -61,36 +67,34 @@ impl Sizes {
         self.kept * self.dim()
     }
 
-    /// Values of one image in the attention weights `[heads, kept, tokens]`.
+    /// Values of one image in the attention weights `[kept, tokens, heads]`.
     fn weights_len(&self) -> usize {
-        self.heads * self.kept * self.tokens
-    }
-
-    /// The query, key or value (`part` 0, 1, 2) of `token` for `head`, in one image's rows.
-    fn part<'a>(&self, rows: &'a [f32], part: usize, token: usize, head: usize) -> &'a [f32] {
-        let start = token * 3 * self.dim() + part * self.dim() + head * self.head_dim;
-        &rows[start..start + self.head_dim]
-    }
-
-    fn part_mut<'a>(
-        &self,
-        rows: &'a mut [f32],
-        part: usize,
-        token: usize,
-        head: usize,
-    ) -> &'a mut [f32] {
-        let start = token * 3 * self.dim() + part * self.dim() + head * self.head_dim;
-        &mut rows[start..start + self.head_dim]
+        self.kept * self.tokens * self.heads
     }
 }
 
-const QUERY: usize = 0;
-const KEY: usize = 1;
-const VALUE: usize = 2;
+/// The column order of the fused attention's projection and context within a run of `heads *
+/// head_dim` columns: column `d * heads + h` in head-lane order is column `h * head_dim + d`
+/// in the usual one.
+pub(super) fn lanes_order(heads: usize, head_dim: usize) -> Vec<i64> {
+    transposition(head_dim, heads)
+}
 
-/// The context `[images * kept, dim]` (heads side by side in each row, as the output
-/// projection reads them) and, when `keep_weights`, the attention weights
-/// `[images, heads, kept, tokens]` for the backward pass.
+/// The inverse of [`lanes_order`]: column `h * head_dim + d` in the usual order is column
+/// `d * heads + h` in head-lane order.
+pub(super) fn usual_order(heads: usize, head_dim: usize) -> Vec<i64> {
+    transposition(heads, head_dim)
+}
+
+/// For `rows * columns` values in row-major order, the index each value of the transpose reads.
+fn transposition(rows: usize, columns: usize) -> Vec<i64> {
+    (0..rows * columns)
+        .map(|index| ((index % columns) * rows + index / columns) as i64)
+        .collect()
+}
+
+/// The context `[images * kept, dim]` (head-lane order) and, when `keep_weights`, the
+/// attention weights `[images, kept, tokens, heads]` for the backward pass.
 pub(super) fn host_attention<B: Backend>(
     qkv: FloatTensor<B>,
     sizes: Sizes,
@@ -111,7 +115,7 @@ pub(super) fn host_attention<B: Backend>(
             .for_each(|((context, qkv), weights)| {
                 forward_task(qkv, sizes, context, weights);
             });
-        let shape = [sizes.images, sizes.heads, sizes.kept, sizes.tokens];
+        let shape = [sizes.images, sizes.kept, sizes.tokens, sizes.heads];
         Some(B::float_from_data(TensorData::new(weights, shape), &device))
     } else {
         context_tasks.zip(qkv_tasks).for_each(|(context, qkv)| {
@@ -125,7 +129,7 @@ pub(super) fn host_attention<B: Backend>(
 }
 
 /// The gradient of the projection `[images * tokens, 3 * dim]`, from the projection, the
-/// attention weights of the forward pass and the gradient of the context.
+/// attention weights of the forward pass and the gradient of the context (head-lane order).
 pub(super) fn host_attention_backward<B: Backend>(
     qkv: FloatTensor<B>,
     weights: FloatTensor<B>,
@@ -136,6 +140,8 @@ pub(super) fn host_attention_backward<B: Backend>(
     let shape = qkv.shape();
     let (qkv, weights, grad) = (host::<B>(qkv), host::<B>(weights), host::<B>(grad));
     let (qkv, weights, grad) = (qkv.f32s(), weights.f32s(), grad.f32s());
+    // Zeroed: the keys' and values' gradients are sums over the queries, and queries past
+    // `kept` had no output.
     let mut grad_qkv = vec![0.0f32; qkv.len()];
     grad_qkv
         .par_chunks_mut(IMAGES_PER_TASK * sizes.projection_len())
@@ -148,236 +154,261 @@ pub(super) fn host_attention_backward<B: Backend>(
     B::float_from_data(TensorData::new(grad_qkv, shape), &device)
 }
 
-/// Head widths with kernels of their own: the inner loops over a head's values then have a
-/// length known to the compiler, which keeps each sum in registers. Other widths take the
-/// composed form.
-pub(super) const HEAD_DIMS: [usize; 3] = [8, 16, 32];
+/// Defines `supported`, `forward_task` and `backward_task` for the listed numbers of heads
+/// (lanes) and head widths: a kernel each, compiled with both sizes known, so that a token's
+/// `[head_dim][heads]` values stay in registers. Other sizes take the composed form.
+macro_rules! kernels {
+    ($(($heads:literal, $head_dim:literal)),* $(,)?) => {
+        /// Whether a kernel exists for `heads` heads of `head_dim` values.
+        pub(super) fn supported(heads: usize, head_dim: usize) -> bool {
+            matches!((heads, head_dim), $(($heads, $head_dim))|*)
+        }
 
-simd::vectorized! {
-    fn forward_8(qkv: &[f32], sizes: Sizes, context: &mut [f32], weights: &mut [f32])
-        => forward_images::<8>
-}
-simd::vectorized! {
-    fn forward_16(qkv: &[f32], sizes: Sizes, context: &mut [f32], weights: &mut [f32])
-        => forward_images::<16>
-}
-simd::vectorized! {
-    fn forward_32(qkv: &[f32], sizes: Sizes, context: &mut [f32], weights: &mut [f32])
-        => forward_images::<32>
+        /// The images of one task, one after the other.
+        fn forward_task(qkv: &[f32], sizes: Sizes, context: &mut [f32], weights: &mut [f32]) {
+            simd::vectorized! {
+                fn run(qkv: &[f32], sizes: Sizes, context: &mut [f32], weights: &mut [f32])
+                    => forward_images_of
+            }
+            run(qkv, sizes, context, weights)
+        }
+
+        #[inline(always)]
+        fn forward_images_of(qkv: &[f32], sizes: Sizes, context: &mut [f32], weights: &mut [f32]) {
+            match (sizes.heads, sizes.head_dim) {
+                $(($heads, $head_dim) => {
+                    forward_images::<$heads, $head_dim>(qkv, sizes, context, weights)
+                })*
+                other => unreachable!("no attention kernel for (heads, head_dim) {other:?}"),
+            }
+        }
+
+        /// The images of one task, one after the other.
+        fn backward_task(
+            qkv: &[f32],
+            weights: &[f32],
+            grad: &[f32],
+            sizes: Sizes,
+            grad_qkv: &mut [f32],
+        ) {
+            simd::vectorized! {
+                fn run(
+                    qkv: &[f32],
+                    weights: &[f32],
+                    grad: &[f32],
+                    sizes: Sizes,
+                    grad_qkv: &mut [f32],
+                ) => backward_images_of
+            }
+            run(qkv, weights, grad, sizes, grad_qkv)
+        }
+
+        #[inline(always)]
+        fn backward_images_of(
+            qkv: &[f32],
+            weights: &[f32],
+            grad: &[f32],
+            sizes: Sizes,
+            grad_qkv: &mut [f32],
+        ) {
+            match (sizes.heads, sizes.head_dim) {
+                $(($heads, $head_dim) => {
+                    backward_images::<$heads, $head_dim>(qkv, weights, grad, sizes, grad_qkv)
+                })*
+                other => unreachable!("no attention kernel for (heads, head_dim) {other:?}"),
+            }
+        }
+    };
 }
 
-/// The images of one task, one after the other.
-fn forward_task(qkv: &[f32], sizes: Sizes, context: &mut [f32], weights: &mut [f32]) {
-    match sizes.head_dim {
-        8 => forward_8(qkv, sizes, context, weights),
-        16 => forward_16(qkv, sizes, context, weights),
-        32 => forward_32(qkv, sizes, context, weights),
-        other => unreachable!("no attention kernel for heads of {other} (see HEAD_DIMS)"),
-    }
+kernels!((8, 8), (8, 16), (8, 32), (4, 16), (4, 32), (16, 8), (2, 16),);
+
+/// One value per head: a vector register's worth for 8 heads under AVX2.
+type Lanes<const H: usize> = [f32; H];
+
+/// An image's projection as lanes: token `t`'s part `p` (0 query, 1 key, 2 value) at
+/// `[(3 t + p) D .. (3 t + p + 1) D]`.
+#[inline(always)]
+fn part<const H: usize, const D: usize>(
+    rows: &[Lanes<H>],
+    token: usize,
+    part: usize,
+) -> &[Lanes<H>; D] {
+    let start = (3 * token + part) * D;
+    rows[start..start + D]
+        .try_into()
+        .expect("a part holds head_dim lanes")
 }
 
 #[inline(always)]
-fn forward_images<const HEAD_DIM: usize>(
+fn part_mut<const H: usize, const D: usize>(
+    rows: &mut [Lanes<H>],
+    token: usize,
+    part: usize,
+) -> &mut [Lanes<H>; D] {
+    let start = (3 * token + part) * D;
+    (&mut rows[start..start + D])
+        .try_into()
+        .expect("a part holds head_dim lanes")
+}
+
+const QUERY: usize = 0;
+const KEY: usize = 1;
+const VALUE: usize = 2;
+
+/// Per image and query `i`, on all heads at once: scores `s_j = q_i · k_j`, weights
+/// `p = softmax(s)` over the tokens, context `c_i = Σ_j p_j v_j`.
+#[inline(always)]
+fn forward_images<const H: usize, const D: usize>(
     qkv: &[f32],
     sizes: Sizes,
     context: &mut [f32],
     weights: &mut [f32],
 ) {
-    let mut head = HeadScratch::<HEAD_DIM>::new(sizes);
-    let (kept, tokens, dim) = (sizes.kept, sizes.tokens, sizes.dim());
+    let (kept, tokens) = (sizes.kept, sizes.tokens);
     let images = context
-        .chunks_mut(sizes.context_len())
-        .zip(weights.chunks_mut(sizes.weights_len()))
-        .zip(qkv.chunks(sizes.projection_len()));
+        .chunks_exact_mut(sizes.context_len())
+        .zip(weights.chunks_exact_mut(sizes.weights_len()))
+        .zip(qkv.chunks_exact(sizes.projection_len()));
     for ((context, weights), qkv) in images {
-        for (index, weights) in weights.chunks_exact_mut(kept * tokens).enumerate() {
-            head.gather(qkv, sizes, index, VALUE);
-            // scores = q · kᵀ, [kept, tokens]
-            weights.fill(0.0);
-            multiply_add(weights, &head.queries, &head.transposed);
-            for row in weights.chunks_exact_mut(tokens) {
-                softmax_in_place(row);
+        let rows = qkv.as_chunks::<H>().0;
+        let queries = context
+            .as_chunks_mut::<H>()
+            .0
+            .chunks_exact_mut(D)
+            .zip(weights.as_chunks_mut::<H>().0.chunks_exact_mut(tokens));
+        for (query, (context, weights)) in queries.enumerate().take(kept) {
+            let q = part::<H, D>(rows, query, QUERY);
+            for (token, score) in weights.iter_mut().enumerate() {
+                *score = dot(q, part::<H, D>(rows, token, KEY));
             }
-            // context = weights · v, [kept, head_dim], into the head's columns
-            let rows = context
-                .chunks_exact_mut(dim)
-                .zip(weights.chunks_exact(tokens));
-            for (context, row) in rows {
-                let out = &mut context[index * HEAD_DIM..(index + 1) * HEAD_DIM];
-                out.copy_from_slice(&weighted_sum(row, &head.rows));
+            softmax_over_tokens(weights);
+            let mut sum = [[0.0f32; H]; D];
+            for (token, weight) in weights.iter().enumerate() {
+                add_scaled(&mut sum, weight, part::<H, D>(rows, token, VALUE));
             }
+            context.copy_from_slice(&sum);
         }
     }
 }
 
-/// `Σ_i factors_i · rows_i`, summed in registers.
+/// Per image and query `i`, with the weights `p` and the context's gradient `g_i`:
+/// `dp_j = g_i · v_j`, `dv_j += p_j g_i`, `ds_j = p_j (dp_j - Σ_t p_t dp_t)`,
+/// `dq_i = Σ_j ds_j k_j`, `dk_j += ds_j q_i`.
 #[inline(always)]
-fn weighted_sum<const N: usize>(
-    factors: impl IntoIterator<Item = impl std::borrow::Borrow<f32>>,
-    rows: &[[f32; N]],
-) -> [f32; N] {
-    let mut sum = [0.0f32; N];
-    for (factor, row) in factors.into_iter().zip(rows) {
-        let factor = *factor.borrow();
-        for (sum, value) in sum.iter_mut().zip(row) {
-            *sum += factor * value;
-        }
-    }
-    sum
-}
-
-/// `out += a · b` for `a` `[rows, N]` and `b` `[N, columns]` (row-major), `out` `[rows,
-/// columns]`, with the inner index outermost so that consecutive updates go to different rows
-/// of `out` and none waits for the one before.
-#[inline(always)]
-fn multiply_add<const N: usize>(out: &mut [f32], a: &[[f32; N]], b: &[f32]) {
-    let columns = b.len() / N;
-    for (k, b) in b.chunks_exact(columns).enumerate() {
-        for (a, out) in a.iter().zip(out.chunks_exact_mut(columns)) {
-            add_scaled(out, a[k], b);
-        }
-    }
-}
-
-/// One image's queries, keys and values for one head, gathered from the projection's rows in
-/// the layouts each pass reads: the forward pass the keys transposed and the values as rows, the
-/// backward pass the keys as rows and the values transposed.
-struct HeadScratch<const HEAD_DIM: usize> {
-    /// `[kept][head_dim]`
-    queries: Vec<[f32; HEAD_DIM]>,
-    /// `[tokens][head_dim]`: the keys (backward) or the values (forward).
-    rows: Vec<[f32; HEAD_DIM]>,
-    /// `[head_dim, tokens]`: the keys (forward) or the values (backward), transposed.
-    transposed: Vec<f32>,
-    /// The gradient of the attention weights, then of the scores, `[kept, tokens]`.
-    grad_weights: Vec<f32>,
-}
-
-impl<const HEAD_DIM: usize> HeadScratch<HEAD_DIM> {
-    fn new(sizes: Sizes) -> Self {
-        Self {
-            queries: vec![[0.0; HEAD_DIM]; sizes.kept],
-            rows: vec![[0.0; HEAD_DIM]; sizes.tokens],
-            transposed: vec![0.0; HEAD_DIM * sizes.tokens],
-            grad_weights: vec![0.0; sizes.kept * sizes.tokens],
-        }
-    }
-
-    /// The queries, the `as_rows` part (KEY or VALUE) as rows and the other one transposed.
-    #[inline(always)]
-    fn gather(&mut self, qkv: &[f32], sizes: Sizes, head: usize, as_rows: usize) {
-        let tokens = sizes.tokens;
-        let as_transposed = KEY + VALUE - as_rows;
-        for token in 0..tokens {
-            self.rows[token].copy_from_slice(sizes.part(qkv, as_rows, token, head));
-            let source = sizes.part(qkv, as_transposed, token, head);
-            for column in 0..HEAD_DIM {
-                self.transposed[column * tokens + token] = source[column];
-            }
-        }
-        for (query, row) in self.queries.iter_mut().enumerate() {
-            row.copy_from_slice(sizes.part(qkv, QUERY, query, head));
-        }
-    }
-}
-
-simd::vectorized! {
-    fn backward_8(qkv: &[f32], weights: &[f32], grad: &[f32], sizes: Sizes, grad_qkv: &mut [f32])
-        => backward_images::<8>
-}
-simd::vectorized! {
-    fn backward_16(qkv: &[f32], weights: &[f32], grad: &[f32], sizes: Sizes, grad_qkv: &mut [f32])
-        => backward_images::<16>
-}
-simd::vectorized! {
-    fn backward_32(qkv: &[f32], weights: &[f32], grad: &[f32], sizes: Sizes, grad_qkv: &mut [f32])
-        => backward_images::<32>
-}
-
-/// The images of one task, one after the other.
-fn backward_task(qkv: &[f32], weights: &[f32], grad: &[f32], sizes: Sizes, grad_qkv: &mut [f32]) {
-    match sizes.head_dim {
-        8 => backward_8(qkv, weights, grad, sizes, grad_qkv),
-        16 => backward_16(qkv, weights, grad, sizes, grad_qkv),
-        32 => backward_32(qkv, weights, grad, sizes, grad_qkv),
-        other => unreachable!("no attention kernel for heads of {other} (see HEAD_DIMS)"),
-    }
-}
-
-/// For each image and head, with weights `P` `[kept, tokens]` and context gradient `G`
-/// `[kept, head_dim]`: `dP = G · vᵀ`, `dv = Pᵀ · G`, `dS = P ∘ (dP - rowsum(P ∘ dP))`,
-/// `dq = dS · k`, `dk = dSᵀ · q`. Queries past `kept` had no output, so their gradient stays 0.
-#[inline(always)]
-fn backward_images<const HEAD_DIM: usize>(
+fn backward_images<const H: usize, const D: usize>(
     qkv: &[f32],
     weights: &[f32],
     grad: &[f32],
     sizes: Sizes,
     grad_qkv: &mut [f32],
 ) {
-    let (kept, tokens, dim) = (sizes.kept, sizes.tokens, sizes.dim());
-    let mut head = HeadScratch::<HEAD_DIM>::new(sizes);
-    let mut grad_context = vec![[0.0f32; HEAD_DIM]; kept];
+    let (kept, tokens) = (sizes.kept, sizes.tokens);
+    let mut grad_scores = vec![[0.0f32; H]; tokens];
     let images = grad_qkv
-        .chunks_mut(sizes.projection_len())
-        .zip(qkv.chunks(sizes.projection_len()))
-        .zip(weights.chunks(sizes.weights_len()))
-        .zip(grad.chunks(sizes.context_len()));
+        .chunks_exact_mut(sizes.projection_len())
+        .zip(qkv.chunks_exact(sizes.projection_len()))
+        .zip(weights.chunks_exact(sizes.weights_len()))
+        .zip(grad.chunks_exact(sizes.context_len()));
     for (((grad_qkv, qkv), weights), grad) in images {
-        for (index, weights) in weights.chunks_exact(kept * tokens).enumerate() {
-            head.gather(qkv, sizes, index, KEY);
-            for (row, grad) in grad_context.iter_mut().zip(grad.chunks_exact(dim)) {
-                row.copy_from_slice(&grad[index * HEAD_DIM..(index + 1) * HEAD_DIM]);
+        let rows = qkv.as_chunks::<H>().0;
+        let grad_rows = grad_qkv.as_chunks_mut::<H>().0;
+        let queries = grad
+            .as_chunks::<H>()
+            .0
+            .chunks_exact(D)
+            .zip(weights.as_chunks::<H>().0.chunks_exact(tokens));
+        for (query, (grad, weights)) in queries.enumerate().take(kept) {
+            let grad: &[Lanes<H>; D] = grad.try_into().expect("a context row holds D lanes");
+            let mut projection = [0.0f32; H];
+            for (token, (weight, grad_score)) in weights.iter().zip(&mut grad_scores).enumerate() {
+                *grad_score = dot(grad, part::<H, D>(rows, token, VALUE));
+                multiply_add(&mut projection, weight, grad_score);
+                add_scaled(part_mut::<H, D>(grad_rows, token, VALUE), weight, grad);
             }
-            head.grad_weights.fill(0.0);
-            multiply_add(&mut head.grad_weights, &grad_context, &head.transposed);
-            for token in 0..tokens {
-                let column = weights.iter().skip(token).step_by(tokens);
-                let grad_value = weighted_sum(column, &grad_context);
-                sizes
-                    .part_mut(grad_qkv, VALUE, token, index)
-                    .copy_from_slice(&grad_value);
-            }
-            let rows = head.grad_weights.chunks_exact_mut(tokens);
-            for (grad_row, row) in rows.zip(weights.chunks_exact(tokens)) {
-                let projection = simd::dot(row, grad_row);
-                for (grad, weight) in grad_row.iter_mut().zip(row) {
-                    *grad = weight * (*grad - projection);
+            let q = part::<H, D>(rows, query, QUERY);
+            let mut grad_query = [[0.0f32; H]; D];
+            for (token, (weight, grad_score)) in weights.iter().zip(&grad_scores).enumerate() {
+                let mut scaled = [0.0f32; H];
+                for lane in 0..H {
+                    scaled[lane] = weight[lane] * (grad_score[lane] - projection[lane]);
                 }
+                add_scaled(&mut grad_query, &scaled, part::<H, D>(rows, token, KEY));
+                add_scaled(part_mut::<H, D>(grad_rows, token, KEY), &scaled, q);
             }
-            for (query, grad_scores) in head.grad_weights.chunks_exact(tokens).enumerate() {
-                let grad_query = weighted_sum(grad_scores, &head.rows);
-                sizes
-                    .part_mut(grad_qkv, QUERY, query, index)
-                    .copy_from_slice(&grad_query);
-            }
-            for token in 0..tokens {
-                let column = head.grad_weights.iter().skip(token).step_by(tokens);
-                let grad_key = weighted_sum(column, &head.queries);
-                sizes
-                    .part_mut(grad_qkv, KEY, token, index)
-                    .copy_from_slice(&grad_key);
-            }
+            *part_mut::<H, D>(grad_rows, query, QUERY) = grad_query;
         }
     }
 }
 
-/// `out += factor · x`.
+/// `Σ_d a_d ∘ b_d`, lane by lane.
 #[inline(always)]
-fn add_scaled(out: &mut [f32], factor: f32, x: &[f32]) {
-    for (out, x) in out.iter_mut().zip(x) {
-        *out += factor * x;
+fn dot<const H: usize, const D: usize>(a: &[Lanes<H>; D], b: &[Lanes<H>; D]) -> Lanes<H> {
+    let mut sum = [0.0f32; H];
+    for (a, b) in a.iter().zip(b) {
+        multiply_add(&mut sum, a, b);
+    }
+    sum
+}
+
+/// `sum_d += factor ∘ x_d`, lane by lane.
+#[inline(always)]
+fn add_scaled<const H: usize, const D: usize>(
+    sum: &mut [Lanes<H>; D],
+    factor: &Lanes<H>,
+    x: &[Lanes<H>; D],
+) {
+    for (sum, x) in sum.iter_mut().zip(x) {
+        multiply_add(sum, factor, x);
     }
 }
 
+/// `sum += a ∘ b`.
 #[inline(always)]
-fn softmax_in_place(row: &mut [f32]) {
-    let max = simd::max(row);
-    for value in row.iter_mut() {
-        *value = simd::exp(*value - max);
+fn multiply_add<const H: usize>(sum: &mut Lanes<H>, a: &Lanes<H>, b: &Lanes<H>) {
+    for lane in 0..H {
+        sum[lane] += a[lane] * b[lane];
     }
-    let scale = 1.0 / simd::sum(row);
-    for value in row.iter_mut() {
-        *value *= scale;
+}
+
+/// Softmax over the tokens, each head (lane) on its own.
+#[inline(always)]
+fn softmax_over_tokens<const H: usize>(scores: &mut [Lanes<H>]) {
+    let mut max = [f32::NEG_INFINITY; H];
+    for score in scores.iter() {
+        for lane in 0..H {
+            // A comparison, not `f32::max`, whose NaN rule costs the vectorized loop.
+            if score[lane] > max[lane] {
+                max[lane] = score[lane];
+            }
+        }
+    }
+    let mut sum = [0.0f32; H];
+    for score in scores.iter_mut() {
+        for lane in 0..H {
+            score[lane] = simd::exp(score[lane] - max[lane]);
+            sum[lane] += score[lane];
+        }
+    }
+    let scale = sum.map(|sum| 1.0 / sum);
+    for score in scores.iter_mut() {
+        for lane in 0..H {
+            score[lane] *= scale[lane];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_two_orders_undo_each_other() {
+        let (to_lanes, to_usual) = (lanes_order(8, 4), usual_order(8, 4));
+        for (lane, &usual) in to_lanes.iter().enumerate() {
+            assert_eq!(to_usual[usual as usize], lane as i64);
+        }
+        // Column 1 in head-lane order is head 1's first value: column 4 in the usual order.
+        assert_eq!(&to_lanes[..3], &[0, 4, 8]);
     }
 }

@@ -31,7 +31,7 @@ use burn::backend::{
     Autodiff, Backend, Dispatch, DispatchDevice, TensorMetadata, backend_extension,
 };
 use burn::nn::Dropout;
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use attention::{Sizes, host_attention, host_attention_backward};
 use exact_gelu::{host_gelu, host_gelu_backward};
@@ -93,8 +93,9 @@ pub trait FusedOps: Backend {
     }
 
     /// Multi-head self-attention from the projection `qkv` `[images * tokens, 3 * dim]`
-    /// (queries already scaled, then keys, then values, each as `heads` runs of columns), for
-    /// the first `kept` tokens of each image: the context `[images * kept, dim]`.
+    /// (queries already scaled, then keys, then values, each with its columns in
+    /// [`lanes_order`]), for the first `kept` tokens of each image: the context
+    /// `[images * kept, dim]`, in the same order.
     fn fused_attention(
         qkv: FloatTensor<Self>,
         images: usize,
@@ -106,7 +107,7 @@ pub trait FusedOps: Backend {
     }
 
     /// [`FusedOps::fused_attention`]'s context and its attention weights
-    /// `[images, heads, kept, tokens]`, which its backward pass reads.
+    /// `[images, kept, tokens, heads]`, which its backward pass reads.
     fn attention_with_weights(
         qkv: FloatTensor<Self>,
         images: usize,
@@ -204,8 +205,9 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// the context of the first `kept` tokens of each image, `[images * kept, dim]`, heads side by
 /// side in each row, with `dropout` applied to the attention weights.
 ///
-/// One operation on flex and ndarray (without dropout, for heads of 8, 16 or 32 values);
-/// Burn's batched matrix products elsewhere.
+/// One operation on flex and ndarray where [`attention_is_fused`] says so, with the columns
+/// put in head-lane order before it and back after; the model avoids those two copies by
+/// ordering its weights instead ([`attention_in_lanes`]). Burn's batched products elsewhere.
 pub fn attention(
     qkv: Tensor<2>,
     images: usize,
@@ -213,21 +215,61 @@ pub fn attention(
     kept: usize,
     dropout: &Dropout,
 ) -> Tensor<2> {
-    let head_dim = qkv.dims()[1] / 3 / heads;
-    if dropout.prob == 0.0
-        && attention::HEAD_DIMS.contains(&head_dim)
-        && routed(&qkv)
-        && runs_on_host(&qkv.device())
-    {
-        Tensor::from_dispatch(<Dispatch as FusedOps>::fused_attention(
-            qkv.into_dispatch(),
-            images,
-            heads,
-            kept,
-        ))
-    } else {
-        composed_attention(qkv, images, heads, kept, dropout)
+    let dim = qkv.dims()[1] / 3;
+    if !attention_is_fused(&qkv, heads, dim / heads, dropout) {
+        return composed_attention(qkv, images, heads, kept, dropout);
     }
+    let device = qkv.device();
+    let to_lanes = lanes_order(heads, dim / heads, &device);
+    let qkv_to_lanes = Tensor::cat(
+        (0..3)
+            .map(|part| to_lanes.clone().add_scalar((part * dim) as i64))
+            .collect(),
+        0,
+    );
+    let context = attention_in_lanes(qkv.select(1, qkv_to_lanes), images, heads, kept);
+    let to_usual = attention::usual_order(heads, dim / heads);
+    context.select(
+        1,
+        Tensor::from_data(TensorData::new(to_usual, [dim]), &device),
+    )
+}
+
+/// Whether [`attention_in_lanes`] can run for `heads` heads of `head_dim` values with
+/// `dropout`, on the device and float type of `x` (the attention's input or its projection):
+/// on flex and ndarray in `f32`, without dropout, for the head sizes the kernels are compiled
+/// for.
+pub fn attention_is_fused<const D: usize>(
+    x: &Tensor<D>,
+    heads: usize,
+    head_dim: usize,
+    dropout: &Dropout,
+) -> bool {
+    dropout.prob == 0.0
+        && attention::supported(heads, head_dim)
+        && routed(x)
+        && runs_on_host(&x.device())
+}
+
+/// The order of the fused attention's columns within the `heads * head_dim` columns of a
+/// query, key, value or context: index `d * heads + h` holds the usual column `h * head_dim +
+/// d`, head `h`'s value `d`. `x.select(1, order)` reorders the columns of `x`, and
+/// `w.select(0, order)` the rows of a weight that reads a context.
+pub fn lanes_order(heads: usize, head_dim: usize, device: &Device) -> Tensor<1, Int> {
+    let order = attention::lanes_order(heads, head_dim);
+    Tensor::from_data(TensorData::new(order, [heads * head_dim]), device)
+}
+
+/// [`attention`] as one operation, from a projection whose queries, keys and values each have
+/// their columns in [`lanes_order`], to a context in that order too. Only where
+/// [`attention_is_fused`].
+pub fn attention_in_lanes(qkv: Tensor<2>, images: usize, heads: usize, kept: usize) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedOps>::fused_attention(
+        qkv.into_dispatch(),
+        images,
+        heads,
+        kept,
+    ))
 }
 
 /// [`attention`] from Burn's operations.

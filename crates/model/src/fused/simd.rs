@@ -97,30 +97,6 @@ pub(super) fn sum(x: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// The largest of `x` (a NaN may be skipped), in [`LANES`] partial maxima.
-#[inline(always)]
-pub(super) fn max(x: &[f32]) -> f32 {
-    let chunks = x.chunks_exact(LANES);
-    let mut largest = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |a, b| if *b > a { *b } else { a });
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    for chunk in chunks {
-        for lane in 0..LANES {
-            if chunk[lane] > lanes[lane] {
-                lanes[lane] = chunk[lane];
-            }
-        }
-    }
-    for lane in lanes {
-        if lane > largest {
-            largest = lane;
-        }
-    }
-    largest
-}
-
 /// `e^x` to within 2 ulp for `x` in [-87, 88] (0 below, `e^88` above), from arithmetic the
 /// compiler can vectorize: `e^x = 2^k · e^r` with `k = round(x / ln 2)`, `|r| ≤ ln 2 / 2`,
 /// and `e^r` as its Taylor polynomial of degree 7 (Horner).
