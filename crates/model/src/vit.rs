@@ -178,9 +178,53 @@ impl Vit {
     }
 
     /// Class probabilities `[batch, classes]`: the softmax of [`Vit::forward`].
+    ///
+    /// On the CPU backends that run most operations on one thread (flex, ndarray), a large
+    /// batch is cut into one slice per core, run side by side (the trainer does the same with
+    /// its training steps).
     pub fn predict(&self, images: Tensor<4>) -> Tensor<2> {
-        burn::tensor::activation::softmax(self.forward(images), 1)
+        let probabilities = |images| burn::tensor::activation::softmax(self.forward(images), 1);
+        let batch = images.dims()[0];
+        let slices = inference_slices(&images.device(), batch);
+        if slices == 1 {
+            return probabilities(images);
+        }
+        let outputs: Vec<Tensor<2>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..slices)
+                .map(|slice| {
+                    let start = slice * batch / slices;
+                    let end = (slice + 1) * batch / slices;
+                    let images = images.clone().narrow(0, start, end - start);
+                    scope.spawn(move || probabilities(images))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        Tensor::cat(outputs, 0)
     }
+}
+
+/// Fewest images in an inference slice: below this a thread of its own costs more than it saves.
+const MIN_INFERENCE_SLICE: usize = 32;
+
+/// How many slices [`Vit::predict`] cuts a batch of `batch` images into on `device`: one per
+/// core on flex and ndarray, none (1) elsewhere (libtorch and GPUs parallelise each operation).
+fn inference_slices(device: &Device, batch: usize) -> usize {
+    if batch < 2 * MIN_INFERENCE_SLICE || !fused::runs_on_host(device) {
+        return 1;
+    }
+    // Asked once: std reads the cgroup's CPU quota from files each time (tens of µs, a tenth
+    // of a one-image prediction).
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from));
+    cores.min(batch / MIN_INFERENCE_SLICE).max(1)
 }
 
 impl EncoderBlock {
@@ -372,6 +416,34 @@ mod tests {
         let stem = (3 * 4 * 9 + 4) + (4 * 6 * 9 + 6);
         let wider_embedding = (4 * 4 * 6 - 4 * 4 * 3) * 24;
         assert_eq!(model.num_params(), base + stem + wider_embedding);
+    }
+
+    /// A batch large enough to be cut into slices gives each image the probabilities it gets
+    /// alone in a batch of its own.
+    #[test]
+    fn predict_in_slices_matches_one_image_at_a_time() {
+        let device = Device::flex();
+        let model = VitConfig::tutorial().init(&device).unwrap();
+        let batch = 3 * MIN_INFERENCE_SLICE + 1;
+        let images = Tensor::<4>::random(
+            [batch, 1, 28, 28],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let together = model.predict(images.clone()).into_data();
+        for index in [0, MIN_INFERENCE_SLICE, batch / 2, batch - 1] {
+            let alone = model
+                .predict(images.clone().narrow(0, index, 1))
+                .into_data();
+            let row = together.as_slice::<f32>().unwrap()[index * 10..(index + 1) * 10].to_vec();
+            let alone = alone.as_slice::<f32>().unwrap();
+            for (a, b) in row.iter().zip(alone) {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "image {index}: {row:?} against {alone:?}"
+                );
+            }
+        }
     }
 
     /// The tutorial's PyTorch model has 213,642 parameters; ours has the same layers.
