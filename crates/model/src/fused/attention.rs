@@ -221,7 +221,7 @@ macro_rules! kernels {
     };
 }
 
-kernels!((8, 8), (8, 16), (8, 32), (4, 16), (4, 32), (16, 8), (2, 16),);
+kernels!((8, 8), (8, 16), (8, 32), (4, 16), (4, 32), (16, 8), (2, 16));
 
 /// One value per head: a vector register's worth for 8 heads under AVX2.
 type Lanes<const H: usize> = [f32; H];
