@@ -14,6 +14,7 @@
 //! - [`interchange`] moves weights to and from PyTorch as safetensors.
 //! - [`input`] is the pixel normalisation the network was trained with.
 //! - [`fused`]: LayerNorm and softmax as single operations with their own backward passes.
+//! - [`slices`]: a batch cut into one slice per core on the CPU backends, run side by side.
 
 pub mod artifact;
 mod config;
@@ -23,6 +24,7 @@ pub mod input;
 pub mod interchange;
 pub mod mnist_style;
 mod predict;
+pub mod slices;
 mod views;
 mod vit;
 

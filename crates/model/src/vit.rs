@@ -13,7 +13,7 @@ use burn::nn::{
 use burn::prelude::*;
 use burn::tensor::module::linear;
 
-use crate::{ConfigError, VitConfig, fused};
+use crate::{ConfigError, VitConfig, fused, slices};
 
 /// The LayerNorms' epsilon: PyTorch's default, as in the tutorial.
 const LAYER_NORM_EPSILON: f64 = 1e-5;
@@ -185,47 +185,23 @@ impl Vit {
     pub fn predict(&self, images: Tensor<4>) -> Tensor<2> {
         let probabilities = |images| burn::tensor::activation::softmax(self.forward(images), 1);
         let batch = images.dims()[0];
-        let slices = inference_slices(&images.device(), batch);
+        let slices = slices::count(&images.device(), batch, MIN_INFERENCE_SLICE);
         if slices == 1 {
             return probabilities(images);
         }
-        let outputs: Vec<Tensor<2>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..slices)
-                .map(|slice| {
-                    let start = slice * batch / slices;
-                    let end = (slice + 1) * batch / slices;
-                    let images = images.clone().narrow(0, start, end - start);
-                    scope.spawn(move || probabilities(images))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|handle| {
-                    handle
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        });
-        Tensor::cat(outputs, 0)
+        let jobs = slices::ranges(batch, slices)
+            .into_iter()
+            .map(|range| {
+                let images = images.clone().narrow(0, range.start, range.len());
+                move || probabilities(images)
+            })
+            .collect();
+        Tensor::cat(slices::side_by_side(jobs), 0)
     }
 }
 
 /// Fewest images in an inference slice: below this a thread of its own costs more than it saves.
 const MIN_INFERENCE_SLICE: usize = 32;
-
-/// How many slices [`Vit::predict`] cuts a batch of `batch` images into on `device`: one per
-/// core on flex and ndarray, none (1) elsewhere (libtorch and GPUs parallelise each operation).
-fn inference_slices(device: &Device, batch: usize) -> usize {
-    if batch < 2 * MIN_INFERENCE_SLICE || !fused::runs_on_host(device) {
-        return 1;
-    }
-    // Asked once: std reads the cgroup's CPU quota from files each time (tens of µs, a tenth
-    // of a one-image prediction).
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from));
-    cores.min(batch / MIN_INFERENCE_SLICE).max(1)
-}
 
 impl EncoderBlock {
     /// One block over the tokens of `batch` images, stacked as rows `[batch * tokens, dim]`.

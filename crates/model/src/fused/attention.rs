@@ -265,7 +265,7 @@ fn forward_images<const H: usize, const D: usize>(
     context: &mut [f32],
     weights: &mut [f32],
 ) {
-    let (kept, tokens) = (sizes.kept, sizes.tokens);
+    let tokens = sizes.tokens;
     let images = context
         .chunks_exact_mut(sizes.context_len())
         .zip(weights.chunks_exact_mut(sizes.weights_len()))
@@ -277,7 +277,7 @@ fn forward_images<const H: usize, const D: usize>(
             .0
             .chunks_exact_mut(D)
             .zip(weights.as_chunks_mut::<H>().0.chunks_exact_mut(tokens));
-        for (query, (context, weights)) in queries.enumerate().take(kept) {
+        for (query, (context, weights)) in queries.enumerate() {
             let q = part::<H, D>(rows, query, QUERY);
             for (token, score) in weights.iter_mut().enumerate() {
                 *score = dot(q, part::<H, D>(rows, token, KEY));
@@ -303,7 +303,7 @@ fn backward_images<const H: usize, const D: usize>(
     sizes: Sizes,
     grad_qkv: &mut [f32],
 ) {
-    let (kept, tokens) = (sizes.kept, sizes.tokens);
+    let tokens = sizes.tokens;
     let mut grad_scores = vec![[0.0f32; H]; tokens];
     let images = grad_qkv
         .chunks_exact_mut(sizes.projection_len())
@@ -318,7 +318,7 @@ fn backward_images<const H: usize, const D: usize>(
             .0
             .chunks_exact(D)
             .zip(weights.as_chunks::<H>().0.chunks_exact(tokens));
-        for (query, (grad, weights)) in queries.enumerate().take(kept) {
+        for (query, (grad, weights)) in queries.enumerate() {
             let grad: &[Lanes<H>; D] = grad.try_into().expect("a context row holds D lanes");
             let mut projection = [0.0f32; H];
             for (token, (weight, grad_score)) in weights.iter().zip(&mut grad_scores).enumerate() {

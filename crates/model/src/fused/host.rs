@@ -3,8 +3,9 @@
 //!
 //! Reading through `float_into_data` copies a tensor whenever anything else holds it, and in
 //! training the autodiff graph holds most inputs of an operation for its backward pass: the
-//! attention's projection, GELU's input, LayerNorm's input. On flex those copies were about a
-//! tenth of a training step (`memmove` in `perf`).
+//! attention's projection, GELU's input, LayerNorm's input. On flex this reads them in place;
+//! the step time it saved was within the noise of the machine it was measured on
+//! (docs/benchmarks.md, sitting G).
 
 use burn::backend::Backend;
 use burn::backend::tensor::FloatTensor;
