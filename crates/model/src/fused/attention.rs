@@ -24,6 +24,7 @@ use rayon::prelude::*;
 
 use super::host::host;
 use super::simd;
+use super::vectors::Vectors;
 
 /// Images handed to one task: enough work to outweigh a task's cost.
 const IMAGES_PER_TASK: usize = 4;
@@ -166,7 +167,7 @@ macro_rules! kernels {
 
         /// The images of one task, one after the other.
         fn forward_task(qkv: &[f32], sizes: Sizes, context: &mut [f32], weights: &mut [f32]) {
-            simd::vectorized! {
+            simd::vectorized_with! {
                 fn run(qkv: &[f32], sizes: Sizes, context: &mut [f32], weights: &mut [f32])
                     => forward_images_of
             }
@@ -174,10 +175,16 @@ macro_rules! kernels {
         }
 
         #[inline(always)]
-        fn forward_images_of(qkv: &[f32], sizes: Sizes, context: &mut [f32], weights: &mut [f32]) {
+        fn forward_images_of(
+            vectors: impl Vectors,
+            qkv: &[f32],
+            sizes: Sizes,
+            context: &mut [f32],
+            weights: &mut [f32],
+        ) {
             match (sizes.heads, sizes.head_dim) {
                 $(($heads, $head_dim) => {
-                    forward_images::<$heads, $head_dim>(qkv, sizes, context, weights)
+                    forward_images::<$heads, $head_dim>(vectors, qkv, sizes, context, weights)
                 })*
                 other => unreachable!("no attention kernel for (heads, head_dim) {other:?}"),
             }
@@ -191,7 +198,7 @@ macro_rules! kernels {
             sizes: Sizes,
             grad_qkv: &mut [f32],
         ) {
-            simd::vectorized! {
+            simd::vectorized_with! {
                 fn run(
                     qkv: &[f32],
                     weights: &[f32],
@@ -205,6 +212,7 @@ macro_rules! kernels {
 
         #[inline(always)]
         fn backward_images_of(
+            vectors: impl Vectors,
             qkv: &[f32],
             weights: &[f32],
             grad: &[f32],
@@ -213,7 +221,9 @@ macro_rules! kernels {
         ) {
             match (sizes.heads, sizes.head_dim) {
                 $(($heads, $head_dim) => {
-                    backward_images::<$heads, $head_dim>(qkv, weights, grad, sizes, grad_qkv)
+                    backward_images::<$heads, $head_dim>(
+                        vectors, qkv, weights, grad, sizes, grad_qkv,
+                    )
                 })*
                 other => unreachable!("no attention kernel for (heads, head_dim) {other:?}"),
             }
@@ -260,6 +270,7 @@ const VALUE: usize = 2;
 /// `p = softmax(s)` over the tokens, context `c_i = Σ_j p_j v_j`.
 #[inline(always)]
 fn forward_images<const H: usize, const D: usize>(
+    vectors: impl Vectors,
     qkv: &[f32],
     sizes: Sizes,
     context: &mut [f32],
@@ -280,12 +291,12 @@ fn forward_images<const H: usize, const D: usize>(
         for (query, (context, weights)) in queries.enumerate() {
             let q = part::<H, D>(rows, query, QUERY);
             for (token, score) in weights.iter_mut().enumerate() {
-                *score = dot(q, part::<H, D>(rows, token, KEY));
+                *score = dot(vectors, q, part::<H, D>(rows, token, KEY));
             }
-            softmax_over_tokens(weights);
+            softmax_over_tokens(vectors, weights);
             let mut sum = [[0.0f32; H]; D];
             for (token, weight) in weights.iter().enumerate() {
-                add_scaled(&mut sum, weight, part::<H, D>(rows, token, VALUE));
+                add_scaled(vectors, &mut sum, weight, part::<H, D>(rows, token, VALUE));
             }
             context.copy_from_slice(&sum);
         }
@@ -297,6 +308,7 @@ fn forward_images<const H: usize, const D: usize>(
 /// `dq_i = Σ_j ds_j k_j`, `dk_j += ds_j q_i`.
 #[inline(always)]
 fn backward_images<const H: usize, const D: usize>(
+    vectors: impl Vectors,
     qkv: &[f32],
     weights: &[f32],
     grad: &[f32],
@@ -322,19 +334,28 @@ fn backward_images<const H: usize, const D: usize>(
             let grad: &[Lanes<H>; D] = grad.try_into().expect("a context row holds D lanes");
             let mut projection = [0.0f32; H];
             for (token, (weight, grad_score)) in weights.iter().zip(&mut grad_scores).enumerate() {
-                *grad_score = dot(grad, part::<H, D>(rows, token, VALUE));
-                multiply_add(&mut projection, weight, grad_score);
-                add_scaled(part_mut::<H, D>(grad_rows, token, VALUE), weight, grad);
+                *grad_score = dot(vectors, grad, part::<H, D>(rows, token, VALUE));
+                vectors.multiply_add(&mut projection, weight, grad_score);
+                add_scaled(
+                    vectors,
+                    part_mut::<H, D>(grad_rows, token, VALUE),
+                    weight,
+                    grad,
+                );
             }
             let q = part::<H, D>(rows, query, QUERY);
             let mut grad_query = [[0.0f32; H]; D];
             for (token, (weight, grad_score)) in weights.iter().zip(&grad_scores).enumerate() {
-                let mut scaled = [0.0f32; H];
-                for lane in 0..H {
-                    scaled[lane] = weight[lane] * (grad_score[lane] - projection[lane]);
-                }
-                add_scaled(&mut grad_query, &scaled, part::<H, D>(rows, token, KEY));
-                add_scaled(part_mut::<H, D>(grad_rows, token, KEY), &scaled, q);
+                let mut scaled = *grad_score;
+                vectors.subtract(&mut scaled, &projection);
+                vectors.multiply(&mut scaled, weight);
+                add_scaled(
+                    vectors,
+                    &mut grad_query,
+                    &scaled,
+                    part::<H, D>(rows, token, KEY),
+                );
+                add_scaled(vectors, part_mut::<H, D>(grad_rows, token, KEY), &scaled, q);
             }
             *part_mut::<H, D>(grad_rows, query, QUERY) = grad_query;
         }
@@ -343,10 +364,14 @@ fn backward_images<const H: usize, const D: usize>(
 
 /// `Σ_d a_d ∘ b_d`, lane by lane.
 #[inline(always)]
-fn dot<const H: usize, const D: usize>(a: &[Lanes<H>; D], b: &[Lanes<H>; D]) -> Lanes<H> {
+fn dot<const H: usize, const D: usize>(
+    vectors: impl Vectors,
+    a: &[Lanes<H>; D],
+    b: &[Lanes<H>; D],
+) -> Lanes<H> {
     let mut sum = [0.0f32; H];
     for (a, b) in a.iter().zip(b) {
-        multiply_add(&mut sum, a, b);
+        vectors.multiply_add(&mut sum, a, b);
     }
     sum
 }
@@ -354,47 +379,37 @@ fn dot<const H: usize, const D: usize>(a: &[Lanes<H>; D], b: &[Lanes<H>; D]) -> 
 /// `sum_d += factor ∘ x_d`, lane by lane.
 #[inline(always)]
 fn add_scaled<const H: usize, const D: usize>(
+    vectors: impl Vectors,
     sum: &mut [Lanes<H>; D],
     factor: &Lanes<H>,
     x: &[Lanes<H>; D],
 ) {
     for (sum, x) in sum.iter_mut().zip(x) {
-        multiply_add(sum, factor, x);
+        vectors.multiply_add(sum, factor, x);
     }
 }
 
-/// `sum += a ∘ b`.
+/// Softmax over the tokens, each head (lane) on its own. The exponentials run over the
+/// scores as one flat slice, which the compiler vectorizes as it is laid out.
 #[inline(always)]
-fn multiply_add<const H: usize>(sum: &mut Lanes<H>, a: &Lanes<H>, b: &Lanes<H>) {
-    for lane in 0..H {
-        sum[lane] += a[lane] * b[lane];
-    }
-}
-
-/// Softmax over the tokens, each head (lane) on its own.
-#[inline(always)]
-fn softmax_over_tokens<const H: usize>(scores: &mut [Lanes<H>]) {
+fn softmax_over_tokens<const H: usize>(vectors: impl Vectors, scores: &mut [Lanes<H>]) {
     let mut max = [f32::NEG_INFINITY; H];
     for score in scores.iter() {
-        for lane in 0..H {
-            // A comparison, not `f32::max`, whose NaN rule costs the vectorized loop.
-            if score[lane] > max[lane] {
-                max[lane] = score[lane];
-            }
-        }
+        vectors.max(&mut max, score);
+    }
+    for score in scores.iter_mut() {
+        vectors.subtract(score, &max);
+    }
+    for score in scores.as_flattened_mut() {
+        *score = simd::exp(*score);
     }
     let mut sum = [0.0f32; H];
-    for score in scores.iter_mut() {
-        for lane in 0..H {
-            score[lane] = simd::exp(score[lane] - max[lane]);
-            sum[lane] += score[lane];
-        }
+    for score in scores.iter() {
+        vectors.add(&mut sum, score);
     }
     let scale = sum.map(|sum| 1.0 / sum);
     for score in scores.iter_mut() {
-        for lane in 0..H {
-            score[lane] *= scale[lane];
-        }
+        vectors.multiply(score, &scale);
     }
 }
 
@@ -410,5 +425,65 @@ mod tests {
         }
         // Column 1 in head-lane order is head 1's first value: column 4 in the usual order.
         assert_eq!(&to_lanes[..3], &[0, 4, 8]);
+    }
+
+    /// The context, weights and projection gradient of one forward and backward pass.
+    fn forward_and_backward(
+        vectors: impl Vectors,
+        qkv: &[f32],
+        grad: &[f32],
+        sizes: Sizes,
+    ) -> [Vec<f32>; 3] {
+        let mut context = vec![0.0; grad.len()];
+        let mut weights = vec![0.0; sizes.images * sizes.weights_len()];
+        let mut grad_qkv = vec![0.0; qkv.len()];
+        forward_images_of(vectors, qkv, sizes, &mut context, &mut weights);
+        backward_images_of(vectors, qkv, &weights, grad, sizes, &mut grad_qkv);
+        [context, weights, grad_qkv]
+    }
+
+    /// The kernels as compiled for AVX2 against their lane-loop version (the one a CPU
+    /// without AVX2 runs), forward and backward, on a model size of each kind of lanes.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_kernels_agree_with_the_lane_loops() {
+        use crate::fused::vectors::{Avx2, Plain};
+        let Some(avx2) = Avx2::detect() else {
+            eprintln!("this CPU has no AVX2: only the lane loops run here");
+            return;
+        };
+        for (heads, head_dim) in [(8, 8), (4, 16), (2, 16), (16, 8)] {
+            let sizes = Sizes {
+                images: 2,
+                tokens: 5,
+                kept: 3,
+                heads,
+                head_dim,
+            };
+            let values = |count: usize, seed: usize| -> Vec<f32> {
+                (0..count)
+                    .map(|i| ((i * 7919 + seed) % 211) as f32 / 105.0 - 1.0)
+                    .collect()
+            };
+            let qkv = values(sizes.images * sizes.projection_len(), 1);
+            let grad = values(sizes.images * sizes.context_len(), 2);
+            let with_avx2 = forward_and_backward(avx2, &qkv, &grad, sizes);
+            let with_loops = forward_and_backward(Plain, &qkv, &grad, sizes);
+            for (name, (got, want)) in ["context", "weights", "grad_qkv"]
+                .iter()
+                .zip(with_avx2.iter().zip(&with_loops))
+            {
+                let worst = got
+                    .iter()
+                    .zip(want)
+                    .map(|(g, w)| (g - w).abs())
+                    .fold(0.0, f32::max);
+                assert!(worst < 1e-5, "({heads}, {head_dim}) {name}: off by {worst}");
+                assert!(
+                    want.iter().any(|&w| w != 0.0),
+                    "({heads}, {head_dim}) {name}: all zero"
+                );
+            }
+        }
     }
 }

@@ -48,6 +48,7 @@ mod host;
 #[cfg(feature = "tch")]
 mod libtorch;
 mod simd;
+mod vectors;
 
 /// The fused operations, for every backend this crate routes to.
 #[backend_extension(

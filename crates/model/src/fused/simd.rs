@@ -38,7 +38,28 @@ macro_rules! vectorized {
         }
     };
 }
-pub(super) use vectorized;
+/// `vectorized_with!(fn name(arguments) => body)`: as [`vectorized!`], where `body` takes the
+/// [`Vectors`](super::vectors::Vectors) to compute with as its first argument: `Avx2` in the
+/// AVX2 version, `Plain` in the other.
+macro_rules! vectorized_with {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $type:ty),* $(,)?) => $body:path) => {
+        $(#[$doc])*
+        fn $name($($arg: $type),*) {
+            use $crate::fused::vectors;
+            #[cfg(target_arch = "x86_64")]
+            if let Some(avx2) = vectors::Avx2::detect() {
+                #[target_feature(enable = "avx2,fma")]
+                fn with_avx2(avx2: vectors::Avx2, $($arg: $type),*) {
+                    $body(avx2, $($arg),*)
+                }
+                // SAFETY: `avx2` exists only where the CPU has both features.
+                return unsafe { with_avx2(avx2, $($arg),*) };
+            }
+            $body(vectors::Plain, $($arg),*)
+        }
+    };
+}
+pub(super) use {vectorized, vectorized_with};
 
 /// `Σ a_i · b_i` over the shorter of the two, in [`LANES`] partial sums.
 #[inline(always)]
