@@ -5,38 +5,57 @@
 //! rational approximation (absolute error below 1.5e-7, far under float32 training noise), from
 //! arithmetic that runs eight values at a time under AVX2.
 
+use std::mem::MaybeUninit;
+
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata};
-use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use super::host::host;
+use super::host::{host, new_tensor};
 use super::simd;
 
 /// Values handed to one task: enough work to outweigh a task's cost.
 const VALUES_PER_TASK: usize = 16 * 1024;
 
-/// `gelu(x)` for every value of `x`.
+/// `gelu(x)` for every value of `x`: in `x`'s own buffer when nothing else holds it (in
+/// inference), else into a new one (in training, the autodiff graph keeps `x`).
 pub(super) fn host_gelu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     let (device, shape) = (x.device(), x.shape());
-    let mut out = host::<B>(x).into_vec();
-    out.par_chunks_mut(VALUES_PER_TASK).for_each(gelu_in_place);
-    B::float_from_data(TensorData::new(out, shape), &device)
+    match host::<B>(x).try_into_unique() {
+        Ok(mut values) => {
+            values
+                .values_mut()
+                .par_chunks_mut(VALUES_PER_TASK)
+                .for_each(gelu_in_place);
+            values.into_tensor::<B>(shape, &device)
+        }
+        Err(x) => {
+            let fill = |out: &mut [MaybeUninit<f32>]| {
+                out.par_chunks_mut(VALUES_PER_TASK)
+                    .zip(x.f32s().par_chunks(VALUES_PER_TASK))
+                    .for_each(|(out, x)| gelu_into(out, x));
+            };
+            // SAFETY: the chunks of `out` and `x` pair up one to one (same length, same
+            // chunk size), and `gelu_into` writes every value of its chunk.
+            unsafe { new_tensor::<B>(shape, &device, fill) }
+        }
+    }
 }
 
-/// `grad · gelu'(x)` for every value.
+/// `grad · gelu'(x)` for every value, in the gradient's own buffer where nothing else holds it
+/// (the usual case in training).
 pub(super) fn host_gelu_backward<B: Backend>(
     x: FloatTensor<B>,
     grad: FloatTensor<B>,
 ) -> FloatTensor<B> {
     let (device, shape) = (x.device(), x.shape());
     let x = host::<B>(x);
-    // The gradient's own buffer where nothing else holds it (the usual case in training).
-    let mut out = host::<B>(grad).into_vec();
-    out.par_chunks_mut(VALUES_PER_TASK)
+    let mut out = host::<B>(grad).into_unique();
+    out.values_mut()
+        .par_chunks_mut(VALUES_PER_TASK)
         .zip(x.f32s().par_chunks(VALUES_PER_TASK))
         .for_each(|(grad, x)| gelu_backward_in_place(grad, x));
-    B::float_from_data(TensorData::new(out, shape), &device)
+    out.into_tensor::<B>(shape, &device)
 }
 
 simd::vectorized! {
@@ -44,8 +63,21 @@ simd::vectorized! {
 }
 
 simd::vectorized! {
+    /// `out` becomes `gelu(x)`, value by value (the two have one length).
+    fn gelu_into(out: &mut [MaybeUninit<f32>], x: &[f32]) => gelu_values_into
+}
+
+simd::vectorized! {
     /// `grad` becomes `grad · gelu'(x)`.
     fn gelu_backward_in_place(grad: &mut [f32], x: &[f32]) => gelu_backward_values
+}
+
+#[inline(always)]
+fn gelu_values_into(out: &mut [MaybeUninit<f32>], x: &[f32]) {
+    assert_eq!(out.len(), x.len(), "one output per value");
+    for (out, &x) in out.iter_mut().zip(x) {
+        out.write(x * normal_cdf(x));
+    }
 }
 
 #[inline(always)]
@@ -112,6 +144,29 @@ mod tests {
         }
         // erfc(6) is 2e-17: ±1 to float32 precision.
         assert_eq!((erf(6.0), erf(-6.0)), (1.0, -1.0));
+    }
+
+    /// In the tensor's own buffer when nothing else holds it, into a new one when something
+    /// does: the same values either way, and the held tensor untouched.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn gelu_writes_in_place_only_what_nothing_else_holds() {
+        use burn::backend::Flex;
+        use burn::backend::ops::FloatTensorOps;
+        use burn::tensor::TensorData;
+
+        let xs: Vec<f32> = (0..40_000).map(|i| (i % 801) as f32 * 0.01 - 4.0).collect();
+        let mut expected = xs.clone();
+        gelu_in_place(&mut expected);
+        let tensor =
+            || Flex::float_from_data(TensorData::new(xs.clone(), [200, 200]), &Default::default());
+        let values = |tensor| host::<Flex>(tensor).f32s().to_vec();
+
+        assert_eq!(values(host_gelu::<Flex>(tensor())), expected, "unique");
+        let held = tensor();
+        let output = host_gelu::<Flex>(held.clone());
+        assert_eq!(values(output), expected, "shared");
+        assert_eq!(values(held), xs, "the held input");
     }
 
     #[test]

@@ -1,15 +1,18 @@
-//! How the host kernels read their inputs: on flex straight from the tensor's own buffer, on
-//! the other CPU backends from a copy.
+//! How the host kernels read their inputs and get their outputs: on flex straight from the
+//! tensor's own buffer, on the other CPU backends from a copy.
 //!
 //! Reading through `float_into_data` copies a tensor whenever anything else holds it, and in
 //! training the autodiff graph holds most inputs of an operation for its backward pass: the
-//! attention's projection, GELU's input, LayerNorm's input. On flex this reads them in place;
-//! the step time it saved was within the noise of the machine it was measured on
-//! (docs/benchmarks.md, sitting G).
+//! attention's projection, GELU's input, LayerNorm's input. On flex this reads them in place.
+//! A kernel that overwrites its input does so in the tensor's own buffer when nothing else
+//! holds it ([`Unique`]): taking a flex buffer as a `Vec<f32>` would copy it, since flex
+//! allocates with a wider alignment than `f32`'s. A kernel whose input is held writes a new
+//! buffer without zeroing it first ([`new_tensor`]) instead of copying the input and
+//! overwriting the copy.
 
-use burn::backend::Backend;
-use burn::backend::tensor::FloatTensor;
-use burn::tensor::{TensorData, read_sync};
+use std::mem::MaybeUninit;
+
+use burn::tensor::{Shape, TensorData, read_sync};
 
 #[cfg(feature = "flex")]
 use burn::backend::flex::FlexTensor;
@@ -45,17 +48,87 @@ impl HostValues {
         values.expect("the callers send contiguous f32 tensors only")
     }
 
-    /// The values as a vector of their own: the tensor's buffer itself when nothing else holds
-    /// it, a copy otherwise.
-    pub fn into_vec(self) -> Vec<f32> {
-        let data = match self {
-            #[cfg(feature = "flex")]
-            Self::Flex(tensor) => tensor.into_data(),
-            Self::Copied(data) => data,
-        };
-        data.into_vec::<f32>()
-            .expect("the callers send f32 tensors only")
+    /// The values as a buffer of their own to overwrite: the tensor's own where nothing else
+    /// holds it, one copy otherwise.
+    pub fn into_unique(self) -> Unique {
+        match self.try_into_unique() {
+            Ok(unique) => unique,
+            Err(shared) => Unique::Vec(shared.f32s().to_vec()),
+        }
     }
+
+    /// The values as a buffer of their own, when nothing else holds them.
+    pub fn try_into_unique(self) -> Result<Unique, Self> {
+        match self {
+            #[cfg(feature = "flex")]
+            Self::Flex(mut tensor) => {
+                let whole = tensor.layout().start_offset() == 0
+                    && tensor.bytes().len() == tensor.layout().num_elements() * 4;
+                if whole && tensor.try_storage_mut::<f32>().is_some() {
+                    Ok(Unique::Flex(tensor))
+                } else {
+                    Err(Self::Flex(tensor))
+                }
+            }
+            // `into_data` copied it (or the backend handed over its own buffer).
+            Self::Copied(data) => {
+                let values = data
+                    .into_vec::<f32>()
+                    .expect("the callers send f32 tensors only");
+                Ok(Unique::Vec(values))
+            }
+        }
+    }
+}
+
+/// Values a kernel may overwrite, then hand back as a tensor of the same shape.
+pub(super) enum Unique {
+    /// A flex tensor nothing else holds, overwritten in place (flex's own buffers are aligned
+    /// for any type, so taking them as a `Vec<f32>` would copy them).
+    #[cfg(feature = "flex")]
+    Flex(FlexTensor),
+    Vec(Vec<f32>),
+}
+
+impl Unique {
+    pub fn values_mut(&mut self) -> &mut [f32] {
+        match self {
+            #[cfg(feature = "flex")]
+            Self::Flex(tensor) => tensor
+                .try_storage_mut::<f32>()
+                .expect("checked unique when it was made"),
+            Self::Vec(values) => values,
+        }
+    }
+
+    pub fn into_tensor<B: Backend>(self, shape: Shape, device: &B::Device) -> FloatTensor<B> {
+        match self {
+            #[cfg(feature = "flex")]
+            Self::Flex(tensor) => match downcast::<FlexTensor, FloatTensor<B>>(tensor) {
+                Ok(tensor) => tensor,
+                Err(_) => unreachable!("a flex tensor came from flex"),
+            },
+            Self::Vec(values) => B::float_from_data(TensorData::new(values, shape), device),
+        }
+    }
+}
+
+/// A new tensor of `shape` whose values `fill` writes, without zeroing them first.
+///
+/// # Safety
+///
+/// `fill` must write every one of the values it is handed.
+pub(super) unsafe fn new_tensor<B: Backend>(
+    shape: Shape,
+    device: &B::Device,
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]),
+) -> FloatTensor<B> {
+    let len = shape.num_elements();
+    let mut values = Vec::with_capacity(len);
+    fill(&mut values.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` wrote all `len` values (the caller's promise).
+    unsafe { values.set_len(len) };
+    B::float_from_data(TensorData::new(values, shape), device)
 }
 
 /// `value` as a `T` when it is one, without boxing it.
