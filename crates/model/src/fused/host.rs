@@ -12,6 +12,8 @@
 
 use std::mem::MaybeUninit;
 
+use burn::backend::Backend;
+use burn::backend::tensor::FloatTensor;
 use burn::tensor::{Shape, TensorData, read_sync};
 
 #[cfg(feature = "flex")]
