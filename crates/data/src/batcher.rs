@@ -24,10 +24,10 @@ pub struct MnistBatcher;
 impl Batcher<MnistItem, MnistBatch> for MnistBatcher {
     fn batch(&self, items: Vec<MnistItem>, device: &Device) -> MnistBatch {
         let batch = items.len();
-        let pixels: Vec<f32> = items
-            .iter()
-            .flat_map(|item| item.pixels.map(normalise))
-            .collect();
+        let mut pixels = Vec::with_capacity(batch * IMAGE_SIDE * IMAGE_SIDE);
+        for item in &items {
+            pixels.extend(item.pixels.iter().map(|&pixel| normalise(pixel)));
+        }
         let targets: Vec<i64> = items.iter().map(|item| i64::from(item.label)).collect();
         MnistBatch {
             images: Tensor::from_data(

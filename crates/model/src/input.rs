@@ -7,6 +7,7 @@ pub const PIXEL_MEAN: f32 = 0.1307;
 pub const PIXEL_STD: f32 = 0.3081;
 
 /// The network's input value for a pixel byte.
+#[inline]
 pub fn normalise(pixel: u8) -> f32 {
     (f32::from(pixel) / 255.0 - PIXEL_MEAN) / PIXEL_STD
 }
