@@ -177,23 +177,26 @@ impl Vit {
         [channels, side, side]
     }
 
-    /// Class probabilities `[batch, classes]`: the softmax of [`Vit::forward`].
-    ///
-    /// On the CPU backends that run most operations on one thread (flex, ndarray), a large
-    /// batch is cut into one slice per core, run side by side (the trainer does the same with
-    /// its training steps).
+    /// Class probabilities `[batch, classes]`: the softmax of [`Vit::forward_in_slices`].
     pub fn predict(&self, images: Tensor<4>) -> Tensor<2> {
-        let probabilities = |images| burn::tensor::activation::softmax(self.forward(images), 1);
+        burn::tensor::activation::softmax(self.forward_in_slices(images), 1)
+    }
+
+    /// [`Vit::forward`] for inference: on the CPU backends that run most operations on one
+    /// thread (flex, ndarray), a large batch is cut into one slice per core, run side by side
+    /// (the trainer does the same with its training steps). Not for a model whose gradients
+    /// are wanted: each slice would record into one autodiff graph from its own thread.
+    pub fn forward_in_slices(&self, images: Tensor<4>) -> Tensor<2> {
         let batch = images.dims()[0];
         let slices = slices::count(&images.device(), batch, MIN_INFERENCE_SLICE);
         if slices == 1 {
-            return probabilities(images);
+            return self.forward(images);
         }
         let jobs = slices::ranges(batch, slices)
             .into_iter()
             .map(|range| {
                 let images = images.clone().narrow(0, range.start, range.len());
-                move || probabilities(images)
+                move || self.forward(images)
             })
             .collect();
         Tensor::cat(slices::side_by_side(jobs), 0)

@@ -44,14 +44,18 @@ pub struct Classifier {
 
 impl Classifier {
     fn classify(&self, batch: MnistBatch) -> ClassificationOutput {
-        let logits = self.vit.forward(batch.images);
-        // Cross-entropy on logits is the tutorial's log-softmax followed by NLL.
+        self.output(self.vit.forward(batch.images), batch.targets)
+    }
+
+    /// The loss of `logits` against `targets`: cross-entropy on logits is the tutorial's
+    /// log-softmax followed by NLL.
+    fn output(&self, logits: Tensor<2>, targets: Tensor<1, Int>) -> ClassificationOutput {
         let smoothing = (self.label_smoothing > 0.0).then_some(self.label_smoothing);
         let loss = CrossEntropyLossConfig::new()
             .with_smoothing(smoothing)
             .init(&logits.device())
-            .forward(logits.clone(), batch.targets.clone());
-        ClassificationOutput::new(loss, logits, batch.targets)
+            .forward(logits.clone(), targets.clone());
+        ClassificationOutput::new(loss, logits, targets)
     }
 }
 
@@ -94,8 +98,9 @@ impl InferenceStep for Classifier {
     type Input = MnistBatch;
     type Output = ClassificationOutput;
 
+    /// Validation, on the model without autodiff: the batch in one slice per core.
     fn step(&self, batch: MnistBatch) -> ClassificationOutput {
-        self.classify(batch)
+        self.output(self.vit.forward_in_slices(batch.images), batch.targets)
     }
 }
 
