@@ -292,6 +292,11 @@ fn trainer_adam_matches_burns_on_every_backend() {
         optim::fused_on(&Device::libtorch()),
         "tch: the fused update is built in"
     );
+    #[cfg(feature = "flex")]
+    assert!(
+        optim::fused_on(&Device::flex()),
+        "flex: the fused update is built in"
+    );
     let decays = [
         WeightDecay::None,
         WeightDecay::L2(0.1),
