@@ -86,38 +86,31 @@ mod avx2 {
         }
     }
 
-    /// Defines a two-operand `Vectors` method from its 8-lane and 4-lane instructions.
+    /// Defines a two-operand `Vectors` method from its 8-lane and 4-lane instructions; the
+    /// last `N % 4` lanes take `Plain`'s.
     macro_rules! binary {
         ($name:ident, $wide:ident, $narrow:ident) => {
             #[inline(always)]
             fn $name<const N: usize>(self, x: &mut [f32; N], y: &[f32; N]) {
-                let (x, y) = (x.as_mut_ptr(), y.as_ptr());
+                let (xs, ys) = (x.as_mut_ptr(), y.as_ptr());
                 let mut lane = 0;
                 // SAFETY: `self` proves AVX2 and FMA; every access is within the N lanes.
                 unsafe {
                     while lane + 8 <= N {
-                        let value =
-                            $wide(_mm256_loadu_ps(x.add(lane)), _mm256_loadu_ps(y.add(lane)));
-                        _mm256_storeu_ps(x.add(lane), value);
+                        let (x, y) = (xs.add(lane), ys.add(lane));
+                        _mm256_storeu_ps(x, $wide(_mm256_loadu_ps(x), _mm256_loadu_ps(y)));
                         lane += 8;
                     }
                     if lane + 4 <= N {
-                        let value = $narrow(_mm_loadu_ps(x.add(lane)), _mm_loadu_ps(y.add(lane)));
-                        _mm_storeu_ps(x.add(lane), value);
+                        let (x, y) = (xs.add(lane), ys.add(lane));
+                        _mm_storeu_ps(x, $narrow(_mm_loadu_ps(x), _mm_loadu_ps(y)));
                         lane += 4;
                     }
-                    let rest = N - lane;
-                    if rest > 0 {
-                        let (x, y) = (
-                            std::slice::from_raw_parts_mut(x.add(lane), rest),
-                            std::slice::from_raw_parts(y.add(lane), rest),
-                        );
-                        for (x, y) in x.iter_mut().zip(y) {
-                            let mut one = [*x];
-                            Plain.$name(&mut one, &[*y]);
-                            *x = one[0];
-                        }
-                    }
+                }
+                for lane in lane..N {
+                    let mut one = [x[lane]];
+                    Plain.$name(&mut one, &[y[lane]]);
+                    x[lane] = one[0];
                 }
             }
         };
@@ -126,26 +119,25 @@ mod avx2 {
     impl Vectors for Avx2 {
         #[inline(always)]
         fn multiply_add<const N: usize>(self, sum: &mut [f32; N], a: &[f32; N], b: &[f32; N]) {
-            let (sum, a, b) = (sum.as_mut_ptr(), a.as_ptr(), b.as_ptr());
+            let (sums, xs, ys) = (sum.as_mut_ptr(), a.as_ptr(), b.as_ptr());
             let mut lane = 0;
             // SAFETY: `self` proves AVX2 and FMA; every access is within the N lanes.
             unsafe {
                 while lane + 8 <= N {
-                    let (x, y) = (_mm256_loadu_ps(a.add(lane)), _mm256_loadu_ps(b.add(lane)));
-                    let value = _mm256_fmadd_ps(x, y, _mm256_loadu_ps(sum.add(lane)));
-                    _mm256_storeu_ps(sum.add(lane), value);
+                    let (x, y) = (_mm256_loadu_ps(xs.add(lane)), _mm256_loadu_ps(ys.add(lane)));
+                    let sum = sums.add(lane);
+                    _mm256_storeu_ps(sum, _mm256_fmadd_ps(x, y, _mm256_loadu_ps(sum)));
                     lane += 8;
                 }
                 if lane + 4 <= N {
-                    let (x, y) = (_mm_loadu_ps(a.add(lane)), _mm_loadu_ps(b.add(lane)));
-                    let value = _mm_fmadd_ps(x, y, _mm_loadu_ps(sum.add(lane)));
-                    _mm_storeu_ps(sum.add(lane), value);
+                    let (x, y) = (_mm_loadu_ps(xs.add(lane)), _mm_loadu_ps(ys.add(lane)));
+                    let sum = sums.add(lane);
+                    _mm_storeu_ps(sum, _mm_fmadd_ps(x, y, _mm_loadu_ps(sum)));
                     lane += 4;
                 }
-                while lane < N {
-                    *sum.add(lane) += *a.add(lane) * *b.add(lane);
-                    lane += 1;
-                }
+            }
+            for lane in lane..N {
+                sum[lane] += a[lane] * b[lane];
             }
         }
 
@@ -173,7 +165,17 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    type Operation<'a> = Box<dyn Fn(&mut [f32; 13], &[f32; 13]) + 'a>;
+    /// `name`'s operation of `vectors` on `x` and `y` (`multiply_add` with `y` twice).
+    fn apply(vectors: impl Vectors, name: &str, x: &mut [f32; 13], y: &[f32; 13]) {
+        match name {
+            "add" => vectors.add(x, y),
+            "subtract" => vectors.subtract(x, y),
+            "multiply" => vectors.multiply(x, y),
+            "max" => vectors.max(x, y),
+            "multiply_add" => vectors.multiply_add(x, y, y),
+            other => unreachable!("no operation {other}"),
+        }
+    }
 
     /// Every operation of `vectors` beside `Plain`'s on 13 lanes (8 + 4 + 1), the second
     /// operand with and without a NaN.
@@ -182,38 +184,11 @@ mod tests {
         let b: [f32; 13] = std::array::from_fn(|i| 3.0 - i as f32 * 0.5);
         let mut b_with_nan = b;
         b_with_nan[9] = f32::NAN;
-        let pairs: [(&str, Operation, Operation); 5] = [
-            (
-                "add",
-                Box::new(|x, y| vectors.add(x, y)),
-                Box::new(|x, y| Plain.add(x, y)),
-            ),
-            (
-                "subtract",
-                Box::new(|x, y| vectors.subtract(x, y)),
-                Box::new(|x, y| Plain.subtract(x, y)),
-            ),
-            (
-                "multiply",
-                Box::new(|x, y| vectors.multiply(x, y)),
-                Box::new(|x, y| Plain.multiply(x, y)),
-            ),
-            (
-                "max",
-                Box::new(|x, y| vectors.max(x, y)),
-                Box::new(|x, y| Plain.max(x, y)),
-            ),
-            (
-                "multiply_add",
-                Box::new(|x, y| vectors.multiply_add(x, y, y)),
-                Box::new(|x, y| Plain.multiply_add(x, y, y)),
-            ),
-        ];
-        for (name, tested, plain) in &pairs {
+        for name in ["add", "subtract", "multiply", "max", "multiply_add"] {
             for y in [&b, &b_with_nan] {
                 let (mut got, mut want) = (a, a);
-                tested(&mut got, y);
-                plain(&mut want, y);
+                apply(vectors, name, &mut got, y);
+                apply(Plain, name, &mut want, y);
                 // Bit for bit, but for a fused multiply-add's single rounding.
                 let close = |(g, w): (&f32, &f32)| {
                     g.to_bits() == w.to_bits()
