@@ -11,7 +11,6 @@ use burn::nn::{
     PaddingConfig2d,
 };
 use burn::prelude::*;
-use burn::tensor::module::linear;
 
 use crate::{ConfigError, VitConfig, fused, slices};
 
@@ -150,10 +149,7 @@ impl Vit {
             .permute([0, 2, 4, 3, 5, 1])
             .reshape([batch * rows * cols, patch * patch * channels]); // [batch * 16, 49] (tutorial)
         let [_, _, dim] = self.position_embedding.dims();
-        let tokens = self
-            .patch_embedding
-            .forward(patches)
-            .reshape([batch, rows * cols, dim]); // [batch, 16, dim]
+        let tokens = apply(&self.patch_embedding, patches).reshape([batch, rows * cols, dim]); // [batch, 16, dim]
 
         let class_token = self.class_token.val().repeat_dim(0, batch); // [batch, 1, dim]
         let x = Tensor::cat(vec![class_token, tokens], 1) + self.position_embedding.val();
@@ -225,7 +221,7 @@ impl EncoderBlock {
         let heads = self.attention.n_heads;
         let (context, weights) =
             fused::attention_and_weights(qkv, batch, heads, tokens, &self.attention.dropout);
-        let x = x + self.attention.output.forward(context);
+        let x = x + apply(&self.attention.output, context);
         let normed = normalize(&self.mlp_norm, x.clone());
         (x + feed_forward(&self.mlp, normed), weights)
     }
@@ -234,8 +230,14 @@ impl EncoderBlock {
 /// Burn's `PositionWiseFeedForward` (Linear → GELU, its default activation, which the config
 /// keeps → dropout → Linear) with the fused GELU.
 fn feed_forward(mlp: &PositionWiseFeedForward, x: Tensor<2>) -> Tensor<2> {
-    let hidden = fused::gelu(mlp.linear_inner.forward(x));
-    mlp.linear_outer.forward(mlp.dropout.forward(hidden))
+    let hidden = fused::gelu(apply(&mlp.linear_inner, x));
+    apply(&mlp.linear_outer, mlp.dropout.forward(hidden))
+}
+
+/// `layer.forward(x)` as [`fused::linear`]: one operation with its own backward step.
+fn apply(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
+    let bias = layer.bias.as_ref().map(|bias| bias.val());
+    fused::linear(x, layer.weight.val(), bias)
 }
 
 /// `layer` applied to the rows of `x`, as one fused operation where the backend has it.
@@ -282,11 +284,11 @@ fn self_attention(
         let context = fused::attention_in_lanes(qkv, batch, heads, kept);
         let output = &attention.output;
         let weight = output.weight.val().select(0, order);
-        return linear(context, weight, output.bias.as_ref().map(|bias| bias.val()));
+        return fused::linear(context, weight, output.bias.as_ref().map(|bias| bias.val()));
     }
     let qkv = projections(attention, x, None);
     let context = fused::attention(qkv, batch, heads, kept, &attention.dropout);
-    attention.output.forward(context)
+    apply(&attention.output, context)
 }
 
 /// The queries (scaled by `1/sqrt(head_dim)`), keys and values of every head for the rows of
@@ -328,7 +330,7 @@ fn projections(
             });
             Tensor::cat(biases.collect(), 0)
         });
-    linear(x, weight, bias) // [rows, 3 * dim]
+    fused::linear(x, weight, bias) // [rows, 3 * dim]
 }
 
 /// `tensor · factor`, with no operation (and no backward step) for a factor of 1.
@@ -342,7 +344,7 @@ fn scaled<const D: usize>(tensor: Tensor<D>, factor: f32) -> Tensor<D> {
 
 impl MlpHead {
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.output.forward(fused::gelu(self.hidden.forward(x)))
+        apply(&self.output, fused::gelu(apply(&self.hidden, x)))
     }
 }
 

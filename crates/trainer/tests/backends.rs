@@ -269,6 +269,65 @@ fn fused_attention_matches_burns_composed_one_on_every_backend() {
     }
 }
 
+/// The model's linear layer (its own backward step, and on flex its own products) gives Burn's
+/// `linear` and its gradients for the input, the weight and the bias on every backend: with and
+/// without a bias, for a product small enough for one thread and one large enough to be split
+/// across the pool, and for an input read through transposed strides.
+#[test]
+fn fused_linear_matches_burns_on_every_backend() {
+    type Linear = fn(Tensor<2>, Tensor<2>, Option<Tensor<1>>) -> Tensor<2>;
+    let (fused, composed): (Linear, Linear) =
+        (vit_model::fused::linear, burn::tensor::module::linear);
+    for (name, device) in backends() {
+        let device = device.autodiff();
+        for (rows, inputs, outputs) in [(30, 7, 5), (900, 64, 192)] {
+            let x = wavy([rows, inputs], 10.0, &device);
+            let x_transposed = wavy([inputs, rows], 11.0, &device);
+            let weight = wavy([inputs, outputs], 12.0, &device);
+            let bias = wavy([1, outputs], 13.0, &device);
+            let weights = wavy([rows, outputs], 14.0, &device);
+            let what = |case: &str| {
+                format!(
+                    "linear {case} on {name}, [{rows}, {inputs}] · [{inputs}, {outputs}] \
+                     (results: output, then the gradients of input, weight and bias)"
+                )
+            };
+
+            let biased = |linear: Linear, x: &Tensor<2>| {
+                let inputs = [x.clone(), weight.clone(), bias.clone()];
+                values_and_gradients(&inputs, &weights, |[x, weight, bias]| {
+                    let x = if x.dims()[0] == rows {
+                        x.clone()
+                    } else {
+                        x.clone().transpose()
+                    };
+                    linear(x, weight.clone(), Some(bias.clone().reshape([outputs])))
+                })
+            };
+            let with_bias = (biased(fused, &x), biased(composed, &x));
+            assert_close(&what("with a bias"), &with_bias.0, &with_bias.1);
+            let transposed = (
+                biased(fused, &x_transposed),
+                biased(composed, &x_transposed),
+            );
+            assert_close(&what("of a transposed input"), &transposed.0, &transposed.1);
+
+            let unbiased = |linear: Linear| {
+                let inputs = [x.clone(), weight.clone()];
+                values_and_gradients(&inputs, &weights, |[x, weight]| {
+                    linear(x.clone(), weight.clone(), None)
+                })
+            };
+            assert_close(
+                &what("without a bias"),
+                &unbiased(fused),
+                &unbiased(composed),
+            );
+        }
+        println!("{name}: the fused linear layer agrees with Burn's");
+    }
+}
+
 /// A small module for optimiser checks: its weight and bias are parameters of rank 2 and 1.
 fn linear_with_gradients(model: &Linear, device: &Device, phase: f32) -> GradientsParams {
     let input = wavy([5, 7], phase, device);

@@ -1,5 +1,5 @@
-//! LayerNorm, softmax and multi-head self-attention as single operations with hand-written
-//! backward passes.
+//! LayerNorm, softmax, GELU, multi-head self-attention and the linear layers as single
+//! operations with hand-written backward passes.
 //!
 //! Burn's autodiff backend differentiates `layer_norm` and `softmax` through their default,
 //! composed forms: nine operations for a LayerNorm and five for a softmax, each recorded in the
@@ -18,6 +18,8 @@
 //!
 //! [`attention`] is routed on flex and ndarray only (the module `attention` says
 //! why); libtorch and GPUs run their batched matrix products well and take the composed form.
+//! [`linear`](linear()) is Burn's `linear` everywhere but on flex, where its products write
+//! into buffers of their own with the bias added in the product (the module `linear` says why).
 // ndarray and tch are deprecated upstream; this project still supports both.
 #![allow(deprecated)]
 
@@ -25,7 +27,9 @@ use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
+#[cfg(feature = "flex")]
+use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     Autodiff, Backend, Dispatch, DispatchDevice, TensorMetadata, backend_extension,
@@ -47,6 +51,8 @@ mod exact_gelu;
 mod host;
 #[cfg(feature = "tch")]
 mod libtorch;
+#[cfg(feature = "flex")]
+mod linear;
 mod simd;
 mod vectors;
 
@@ -134,6 +140,37 @@ pub trait FusedOps: Backend {
         host_attention_backward::<Self>(qkv, weights, grad, sizes)
     }
 
+    /// `x · weight + bias` for `x` `[rows, inputs]` and `weight` `[inputs, outputs]`: Burn's
+    /// `linear`, with a backward step of its own on every backend.
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::linear(x, weight, Some(bias))
+    }
+
+    /// [`FusedOps::fused_linear`] without a bias: `x · weight` (backend extensions take no
+    /// optional tensors).
+    fn fused_linear_unbiased(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::linear(x, weight, None)
+    }
+
+    /// The gradient of [`FusedOps::fused_linear`] for `x`: `grad · weightᵀ`.
+    fn linear_x_gradient(weight: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::linear_x_backward(weight, grad)
+    }
+
+    /// The gradient of [`FusedOps::fused_linear`] for its weight: `xᵀ · grad`.
+    fn linear_weight_gradient(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::linear_weight_backward(x, grad)
+    }
+
+    /// The gradient of [`FusedOps::fused_linear`] for its bias: the sum of `grad`'s rows.
+    fn linear_bias_gradient(grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::linear_bias_backward(grad)
+    }
+
     /// The gradients of [`FusedOps::fused_layer_norm`] for `x`, `gamma` and `beta`, given the
     /// gradient of its output.
     fn layer_norm_backward(
@@ -197,6 +234,25 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         Tensor::from_dispatch(<Dispatch as FusedOps>::fused_gelu(x.into_dispatch()))
     } else {
         burn::tensor::activation::gelu(x)
+    }
+}
+
+/// `x · weight + bias` over the last dimension of `x`, as Burn's `linear`: one operation with a
+/// backward step of its own where the backend is routed, whose products on flex write into
+/// buffers of their own with the bias added in the product (the module `linear`).
+pub fn linear<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    if D >= 2 && routed(&x) && weight.dtype() == DType::F32 {
+        let (x, weight) = (x.into_dispatch(), weight.into_dispatch());
+        Tensor::from_dispatch(match bias {
+            Some(bias) => <Dispatch as FusedOps>::fused_linear(x, weight, bias.into_dispatch()),
+            None => <Dispatch as FusedOps>::fused_linear_unbiased(x, weight),
+        })
+    } else {
+        burn::tensor::module::linear(x, weight, bias)
     }
 }
 
@@ -374,6 +430,72 @@ impl<B: FusedOps> Backward<B, 1> for SavedTensorBackward<B> {
     }
 }
 
+/// The backward step of [`FusedOps::fused_linear`], whose parents are the input, the weight and,
+/// when `N` is 3, the bias.
+#[derive(Debug)]
+struct LinearBackward;
+
+impl<B: FusedOps, const N: usize> Backward<B, N> for LinearBackward {
+    /// The input, kept where the weight's gradient is wanted, and the weight, kept where the
+    /// input's is.
+    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, N>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight) = ops.state;
+        if let (Some(node), Some(weight)) = (&ops.parents[0], weight) {
+            grads.register::<B>(node.id, B::linear_x_gradient(weight, grad.clone()));
+        }
+        if let (Some(node), Some(x)) = (&ops.parents[1], x) {
+            grads.register::<B>(node.id, B::linear_weight_gradient(x, grad.clone()));
+        }
+        if let Some(Some(node)) = ops.parents.get(2) {
+            grads.register::<B>(node.id, B::linear_bias_gradient(grad));
+        }
+    }
+}
+
+/// [`FusedOps::fused_linear`] on autodiff, recorded with the parents `nodes`: the input's and
+/// the weight's, then the bias's when there is one.
+fn tracked_linear<B: FusedOps, C: CheckpointStrategy, const N: usize>(
+    nodes: [NodeGuard; N],
+    x: FloatTensor<Autodiff<B, C>>,
+    weight: FloatTensor<Autodiff<B, C>>,
+    bias: Option<FloatTensor<B>>,
+) -> FloatTensor<Autodiff<B, C>> {
+    let (x_tracked, weight_tracked) = (x.is_tracked(), weight.is_tracked());
+    let (x, weight) = (x.into_primitive(), weight.into_primitive());
+    match LinearBackward
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let kept_x = weight_tracked.then(|| x.clone());
+            let kept_weight = x_tracked.then(|| weight.clone());
+            prep.finish((kept_x, kept_weight), inner_linear::<B>(x, weight, bias))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(inner_linear::<B>(x, weight, bias)),
+    }
+}
+
+/// `B`'s [`FusedOps::fused_linear`], or its unbiased form without a bias.
+fn inner_linear<B: FusedOps>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+) -> FloatTensor<B> {
+    match bias {
+        Some(bias) => B::fused_linear(x, weight, bias),
+        None => B::fused_linear_unbiased(x, weight),
+    }
+}
+
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn fused_layer_norm(
         x: FloatTensor<Self>,
@@ -487,6 +609,19 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let nodes = [x.node(), weight.node(), bias.node()];
+        tracked_linear::<B, C, 3>(nodes, x, weight, Some(bias.into_primitive()))
+    }
+
+    fn fused_linear_unbiased(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        tracked_linear::<B, C, 2>([x.node(), weight.node()], x, weight, None)
+    }
+
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let backward = SavedTensorBackward::<B>(B::fused_gelu_backward);
         match backward.prepare::<C>([x.node()]).compute_bound().stateful() {
@@ -510,8 +645,55 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 }
 
+/// flex runs the linear layers' products itself (the module `linear`); every other
+/// operation takes the trait's host kernels. A tensor the products do not take (not a 2-D `f32`
+/// matrix) goes to flex's own operations.
 #[cfg(feature = "flex")]
-impl FusedOps for burn::backend::Flex {}
+impl FusedOps for burn::backend::Flex {
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let matrices = (linear::Matrix::of(&x), linear::Matrix::of(&weight));
+        match (matrices, bias.as_slice::<f32>()) {
+            ((Some(x), Some(weight)), Some(bias)) => linear::product(x, weight, Some(bias)),
+            _ => <Self as ModuleOps<Self>>::linear(x, weight, Some(bias)),
+        }
+    }
+
+    fn fused_linear_unbiased(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        match (linear::Matrix::of(&x), linear::Matrix::of(&weight)) {
+            (Some(x), Some(weight)) => linear::product(x, weight, None),
+            _ => <Self as ModuleOps<Self>>::linear(x, weight, None),
+        }
+    }
+
+    fn linear_x_gradient(weight: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        match (linear::Matrix::of(&grad), linear::Matrix::of(&weight)) {
+            (Some(grad), Some(weight)) => linear::product(grad, weight.transposed(), None),
+            _ => <Self as ModuleOps<Self>>::linear_x_backward(weight, grad),
+        }
+    }
+
+    fn linear_weight_gradient(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        match (linear::Matrix::of(&x), linear::Matrix::of(&grad)) {
+            (Some(x), Some(grad)) => linear::product(x.transposed(), grad, None),
+            _ => <Self as ModuleOps<Self>>::linear_weight_backward(x, grad),
+        }
+    }
+
+    fn linear_bias_gradient(grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        match linear::Matrix::of(&grad) {
+            Some(matrix) => {
+                let sums = linear::column_sums(matrix);
+                let columns = sums.len();
+                burn::backend::flex::FlexTensor::from_data(TensorData::new(sums, [columns]))
+            }
+            None => <Self as ModuleOps<Self>>::linear_bias_backward(grad),
+        }
+    }
+}
 
 #[cfg(feature = "ndarray")]
 impl FusedOps for burn::backend::NdArray {}
