@@ -4,9 +4,10 @@
 //! here.
 
 use std::ops::Range;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use burn::tensor::Device;
+use rayon::{ThreadPool, ThreadPoolBuilder};
 
 /// How many slices a batch of `batch` images is cut into on `device`: one per core on flex and
 /// ndarray, each of at least `min_slice` images; none (1) elsewhere (libtorch and GPUs
@@ -32,13 +33,24 @@ pub fn ranges(batch: usize, slices: usize) -> Vec<Range<usize>> {
 
 /// Runs each job on a thread of its own and returns their results in order; a job's panic is
 /// the caller's.
+///
+/// Each job runs inside a rayon pool of one thread, its own: the operations within a slice that
+/// would split their work across rayon's global pool (flex's products and element-wise
+/// passes, the model's host kernels) then run inline on the slice's thread, instead of handing
+/// each piece to the global pool's threads and sleeping until they finish. The slices already
+/// keep every core busy.
 pub fn side_by_side<T, F>(jobs: Vec<F>) -> Vec<T>
 where
     T: Send,
     F: FnOnce() -> T + Send,
 {
+    let pools = single_thread_pools(jobs.len());
     std::thread::scope(|scope| {
-        let handles: Vec<_> = jobs.into_iter().map(|job| scope.spawn(job)).collect();
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .zip(pools)
+            .map(|(job, pool)| scope.spawn(move || pool.install(job)))
+            .collect();
         handles
             .into_iter()
             .map(|handle| {
@@ -48,6 +60,25 @@ where
             })
             .collect()
     })
+}
+
+/// `count` rayon pools of one thread each, made on first use and kept for the process's life
+/// (a slice's thread is its pool's, and starting threads every step would cost).
+fn single_thread_pools(count: usize) -> Vec<Arc<ThreadPool>> {
+    static POOLS: Mutex<Vec<Arc<ThreadPool>>> = Mutex::new(Vec::new());
+    let mut pools = POOLS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    while pools.len() < count {
+        let index = pools.len();
+        let pool = ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(move |_| format!("vit-slice-{index}"))
+            .build()
+            .expect("the system starts a thread");
+        pools.push(Arc::new(pool));
+    }
+    pools[..count].to_vec()
 }
 
 #[cfg(test)]
@@ -60,5 +91,27 @@ mod tests {
         assert_eq!(ranges(10, 3), vec![0..3, 3..6, 6..10]);
         assert_eq!(ranges(2, 5), vec![0..1, 1..2]);
         assert_eq!(ranges(7, 1), vec![0..7]);
+    }
+
+    /// Each job has a thread of its own, and the rayon work inside a job stays on that thread.
+    #[test]
+    fn each_slice_runs_its_rayon_work_on_its_own_thread() {
+        use rayon::prelude::*;
+
+        let job = || {
+            let own = std::thread::current().id();
+            let workers: Vec<_> = (0..64)
+                .into_par_iter()
+                .map(|_| std::thread::current().id())
+                .collect();
+            (own, rayon::current_num_threads(), workers)
+        };
+        let results = side_by_side(vec![job, job, job]);
+        let threads: std::collections::HashSet<_> = results.iter().map(|(own, _, _)| own).collect();
+        assert_eq!(threads.len(), 3, "one thread per job");
+        for (own, pool_threads, workers) in &results {
+            assert_eq!(*pool_threads, 1);
+            assert!(workers.iter().all(|worker| worker == own));
+        }
     }
 }
