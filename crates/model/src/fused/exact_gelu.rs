@@ -87,12 +87,16 @@ fn gelu_values(values: &mut [f32]) {
     }
 }
 
+/// `gelu'(x) = Φ(x) + x·φ(x)`, with the one exponential `e^(-x²/2)` serving both: it is
+/// `e^(-z²)` for `erf`'s `z = x / √2`, and the normal density's.
 #[inline(always)]
 fn gelu_backward_values(grad: &mut [f32], x: &[f32]) {
     let inverse_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
     for (grad, &x) in grad.iter_mut().zip(x) {
-        let density = inverse_sqrt_2pi * simd::exp(-0.5 * x * x);
-        *grad *= normal_cdf(x) + x * density;
+        let gaussian = simd::exp(-0.5 * x * x);
+        let z = x * std::f32::consts::FRAC_1_SQRT_2;
+        let cdf = 0.5 * (1.0 + erf_with(z, gaussian));
+        *grad *= cdf + x * inverse_sqrt_2pi * gaussian;
     }
 }
 
@@ -106,6 +110,12 @@ fn normal_cdf(x: f32) -> f32 {
 /// `z ≥ 0`, odd in `z`.
 #[inline(always)]
 fn erf(z: f32) -> f32 {
+    erf_with(z, simd::exp(-z * z))
+}
+
+/// [`erf`] given `gaussian = e^(-z²)`.
+#[inline(always)]
+fn erf_with(z: f32, gaussian: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         0.254_829_6,
@@ -117,7 +127,7 @@ fn erf(z: f32) -> f32 {
     let magnitude = z.abs();
     let t = 1.0 / (1.0 + P * magnitude);
     let polynomial = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    let value = 1.0 - polynomial * simd::exp(-magnitude * magnitude);
+    let value = 1.0 - polynomial * gaussian;
     value.copysign(z)
 }
 
