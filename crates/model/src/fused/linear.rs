@@ -8,7 +8,9 @@
 //! and the product adds onto them. The backward products write into fresh buffers the same way,
 //! and the bias gradient is one sweep summing the gradient's rows.
 
+use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
+use burn::backend::ops::ModuleOps;
 use burn::tensor::{DType, TensorData};
 
 use super::simd;
@@ -17,9 +19,50 @@ use super::simd;
 /// thread pool, flex's own threshold: below it the hand-off costs more than it saves.
 const PARALLEL_WORK: usize = 192 * 192 * 192;
 
+/// `x · weight + bias`: [`product`] where it reads both as matrices (and the bias as one row),
+/// flex's own `linear` otherwise (more than 2 dimensions, another float type).
+pub(super) fn linear(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
+    let bias_values = match &bias {
+        Some(bias) => bias.as_slice::<f32>().map(Some),
+        None => Some(None),
+    };
+    match (Matrix::of(&x), Matrix::of(&weight), bias_values) {
+        (Some(x), Some(weight), Some(bias)) => product(x, weight, bias),
+        _ => Flex::linear(x, weight, bias),
+    }
+}
+
+/// The gradient of [`linear`] for `x`: `grad · weightᵀ`.
+pub(super) fn x_gradient(weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
+    match (Matrix::of(&grad), Matrix::of(&weight)) {
+        (Some(grad), Some(weight)) => product(grad, weight.transposed(), None),
+        _ => Flex::linear_x_backward(weight, grad),
+    }
+}
+
+/// The gradient of [`linear`] for its weight: `xᵀ · grad`.
+pub(super) fn weight_gradient(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+    match (Matrix::of(&x), Matrix::of(&grad)) {
+        (Some(x), Some(grad)) => product(x.transposed(), grad, None),
+        _ => Flex::linear_weight_backward(x, grad),
+    }
+}
+
+/// The gradient of [`linear`] for its bias: the sum of `grad`'s rows.
+pub(super) fn bias_gradient(grad: FlexTensor) -> FlexTensor {
+    match Matrix::of(&grad) {
+        Some(matrix) => {
+            let sums = column_sums(matrix);
+            let columns = sums.len();
+            FlexTensor::from_data(TensorData::new(sums, [columns]))
+        }
+        None => Flex::linear_bias_backward(grad),
+    }
+}
+
 /// An `f32` matrix within a flex tensor's buffer: where it starts, its sizes and its strides.
 #[derive(Clone, Copy)]
-pub(super) struct Matrix<'a> {
+struct Matrix<'a> {
     values: &'a [f32],
     start: usize,
     rows: usize,
@@ -30,7 +73,7 @@ pub(super) struct Matrix<'a> {
 
 impl<'a> Matrix<'a> {
     /// `tensor` as a matrix, when it is a non-empty 2-D `f32` tensor with non-negative strides.
-    pub fn of(tensor: &'a FlexTensor) -> Option<Self> {
+    fn of(tensor: &'a FlexTensor) -> Option<Self> {
         let layout = tensor.layout();
         let (shape, strides) = (layout.shape(), layout.strides());
         let usable = tensor.dtype() == DType::F32
@@ -48,7 +91,7 @@ impl<'a> Matrix<'a> {
     }
 
     /// The same values read as the transposed matrix.
-    pub fn transposed(self) -> Self {
+    fn transposed(self) -> Self {
         Self {
             rows: self.columns,
             columns: self.rows,
@@ -77,7 +120,7 @@ impl<'a> Matrix<'a> {
 /// # Panics
 ///
 /// When the inner sizes differ, or `bias` is not one value per column.
-pub(super) fn product(lhs: Matrix, rhs: Matrix, bias: Option<&[f32]>) -> FlexTensor {
+fn product(lhs: Matrix, rhs: Matrix, bias: Option<&[f32]>) -> FlexTensor {
     let (rows, inner, columns) = (lhs.rows, lhs.columns, rhs.columns);
     assert_eq!(inner, rhs.rows, "the product's inner sizes");
     assert!(
@@ -129,7 +172,7 @@ pub(super) fn product(lhs: Matrix, rhs: Matrix, bias: Option<&[f32]>) -> FlexTen
 }
 
 /// The sum of `matrix`'s rows, one value per column: a linear layer's bias gradient.
-pub(super) fn column_sums(matrix: Matrix) -> Vec<f32> {
+fn column_sums(matrix: Matrix) -> Vec<f32> {
     let mut sums = vec![0.0f32; matrix.columns];
     let contiguous_rows = matrix.column_stride == 1 && matrix.row_stride == matrix.columns as isize;
     if contiguous_rows {

@@ -28,8 +28,6 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
-#[cfg(feature = "flex")]
-use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     Autodiff, Backend, Dispatch, DispatchDevice, TensorMetadata, backend_extension,
@@ -645,9 +643,8 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 }
 
-/// flex runs the linear layers' products itself (the module `linear`); every other
-/// operation takes the trait's host kernels. A tensor the products do not take (not a 2-D `f32`
-/// matrix) goes to flex's own operations.
+/// flex runs the linear layers' products itself (the module `linear`); every other operation
+/// takes the trait's host kernels.
 #[cfg(feature = "flex")]
 impl FusedOps for burn::backend::Flex {
     fn fused_linear(
@@ -655,43 +652,23 @@ impl FusedOps for burn::backend::Flex {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        let matrices = (linear::Matrix::of(&x), linear::Matrix::of(&weight));
-        match (matrices, bias.as_slice::<f32>()) {
-            ((Some(x), Some(weight)), Some(bias)) => linear::product(x, weight, Some(bias)),
-            _ => <Self as ModuleOps<Self>>::linear(x, weight, Some(bias)),
-        }
+        linear::linear(x, weight, Some(bias))
     }
 
     fn fused_linear_unbiased(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        match (linear::Matrix::of(&x), linear::Matrix::of(&weight)) {
-            (Some(x), Some(weight)) => linear::product(x, weight, None),
-            _ => <Self as ModuleOps<Self>>::linear(x, weight, None),
-        }
+        linear::linear(x, weight, None)
     }
 
     fn linear_x_gradient(weight: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        match (linear::Matrix::of(&grad), linear::Matrix::of(&weight)) {
-            (Some(grad), Some(weight)) => linear::product(grad, weight.transposed(), None),
-            _ => <Self as ModuleOps<Self>>::linear_x_backward(weight, grad),
-        }
+        linear::x_gradient(weight, grad)
     }
 
     fn linear_weight_gradient(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        match (linear::Matrix::of(&x), linear::Matrix::of(&grad)) {
-            (Some(x), Some(grad)) => linear::product(x.transposed(), grad, None),
-            _ => <Self as ModuleOps<Self>>::linear_weight_backward(x, grad),
-        }
+        linear::weight_gradient(x, grad)
     }
 
     fn linear_bias_gradient(grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        match linear::Matrix::of(&grad) {
-            Some(matrix) => {
-                let sums = linear::column_sums(matrix);
-                let columns = sums.len();
-                burn::backend::flex::FlexTensor::from_data(TensorData::new(sums, [columns]))
-            }
-            None => <Self as ModuleOps<Self>>::linear_bias_backward(grad),
-        }
+        linear::bias_gradient(grad)
     }
 }
 
