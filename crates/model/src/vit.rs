@@ -276,14 +276,15 @@ fn self_attention(
 ) -> Tensor<2> {
     let heads = attention.n_heads;
     let head_dim = attention.d_k;
-    if fused::attention_is_fused(&x, heads, head_dim, &attention.dropout) {
-        // The fused attention reads and writes each token's heads in lanes: reorder the
-        // weights' columns and rows, a few thousand values, instead of the activations.
-        let order = fused::lanes_order(heads, head_dim, &x.device());
-        let qkv = projections(attention, x, Some(&order));
+    let [rows, dim] = x.dims();
+    // The fused attention reads and writes each token's heads in lanes: reorder whichever
+    // holds fewer values, the weights' columns and rows (`4 · dim²` values) or the
+    // activations (`4 · dim` per row, `fused::attention`), as for a prediction of one image.
+    if rows >= dim && fused::attention_is_fused(&x, heads, head_dim, &attention.dropout) {
+        let qkv = projections(attention, x, Some((heads, head_dim)));
         let context = fused::attention_in_lanes(qkv, batch, heads, kept);
         let output = &attention.output;
-        let weight = output.weight.val().select(0, order);
+        let weight = fused::rows_in_lanes(output.weight.val(), heads, head_dim);
         return fused::linear(context, weight, output.bias.as_ref().map(|bias| bias.val()));
     }
     let qkv = projections(attention, x, None);
@@ -293,11 +294,11 @@ fn self_attention(
 
 /// The queries (scaled by `1/sqrt(head_dim)`), keys and values of every head for the rows of
 /// `x`, in one matrix product: `[rows, 3 * dim]`; within each of the three, the columns in
-/// `order` (`fused::lanes_order`) when one is given.
+/// head-lane order ([`fused::columns_in_lanes`]) when `lanes` gives the `(heads, head_dim)`.
 fn projections(
     attention: &MultiHeadAttention,
     x: Tensor<2>,
-    order: Option<&Tensor<1, Int>>,
+    lanes: Option<(usize, usize)>,
 ) -> Tensor<2> {
     let dim = x.dims()[1];
     let scale = 1.0 / (attention.d_k as f32).sqrt();
@@ -306,31 +307,30 @@ fn projections(
         (&attention.key, 1.0),
         (&attention.value, 1.0),
     ];
-    let weights = projections.iter().map(|(linear, factor)| {
-        let weight = scaled(linear.weight.val(), *factor); // [dim, dim]
-        match order {
-            Some(order) => weight.select(1, order.clone()),
-            None => weight,
-        }
-    });
+    let weights = projections
+        .iter()
+        .map(|(linear, factor)| scaled(linear.weight.val(), *factor)); // [dim, dim] each
     let weight = Tensor::cat(weights.collect(), 1); // [dim, 3 * dim]
     let bias = projections
         .iter()
         .any(|(linear, _)| linear.bias.is_some())
         .then(|| {
-            let biases = projections.iter().map(|(linear, factor)| {
-                let bias = match &linear.bias {
+            let biases = projections
+                .iter()
+                .map(|(linear, factor)| match &linear.bias {
                     Some(bias) => scaled(bias.val(), *factor),
                     None => Tensor::zeros([dim], &x.device()),
-                };
-                match order {
-                    Some(order) => bias.select(0, order.clone()),
-                    None => bias,
-                }
-            });
-            Tensor::cat(biases.collect(), 0)
+                });
+            Tensor::cat(biases.collect(), 0).unsqueeze::<2>() // [1, 3 * dim]
         });
-    fused::linear(x, weight, bias) // [rows, 3 * dim]
+    let (weight, bias) = match lanes {
+        Some((heads, head_dim)) => (
+            fused::columns_in_lanes(weight, heads, head_dim),
+            bias.map(|bias| fused::columns_in_lanes(bias, heads, head_dim)),
+        ),
+        None => (weight, bias),
+    };
+    fused::linear(x, weight, bias.map(|bias| bias.reshape([3 * dim]))) // [rows, 3 * dim]
 }
 
 /// `tensor · factor`, with no operation (and no backward step) for a factor of 1.

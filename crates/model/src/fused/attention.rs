@@ -15,16 +15,19 @@
 //! attention is then the same arithmetic on all heads at once, a vector of 8 heads in one
 //! AVX2 register for the tutorial's model, with no row of 17 tokens to split into vectors and
 //! no transposes. The model puts the projection's columns (and the output projection's rows) in
-//! that order once per step, [`lanes_order`], instead of moving the activations.
+//! that order once per step (`columns_in_lanes`, `rows_in_lanes`), instead of moving the
+//! activations.
+
+use std::mem::MaybeUninit;
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata};
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use super::host::host;
-use super::simd;
+use super::host::{host, new_tensor};
 use super::vectors::Vectors;
+use super::{simd, tasks};
 
 /// Images handed to one task: enough work to outweigh a task's cost.
 const IMAGES_PER_TASK: usize = 4;
@@ -74,24 +77,48 @@ impl Sizes {
     }
 }
 
-/// The column order of the fused attention's projection and context within a run of `heads *
-/// head_dim` columns: column `d * heads + h` in head-lane order is column `h * head_dim + d`
-/// in the usual one.
-pub(super) fn lanes_order(heads: usize, head_dim: usize) -> Vec<i64> {
-    transposition(head_dim, heads)
-}
-
-/// The inverse of [`lanes_order`]: column `h * head_dim + d` in the usual order is column
-/// `d * heads + h` in head-lane order.
-pub(super) fn usual_order(heads: usize, head_dim: usize) -> Vec<i64> {
-    transposition(heads, head_dim)
-}
-
-/// For `rows * columns` values in row-major order, the index each value of the transpose reads.
-fn transposition(rows: usize, columns: usize) -> Vec<i64> {
-    (0..rows * columns)
-        .map(|index| ((index % columns) * rows + index / columns) as i64)
-        .collect()
+/// [`super::FusedOps::transpose_groups`] on the host: one pass that copies each run of `width`
+/// values to its place.
+pub(super) fn host_transpose_groups<B: Backend>(
+    x: FloatTensor<B>,
+    rows: usize,
+    columns: usize,
+    width: usize,
+) -> FloatTensor<B> {
+    let (device, shape) = (x.device(), x.shape());
+    let x = host::<B>(x);
+    let group = rows * columns * width;
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        for (out, x) in out
+            .chunks_exact_mut(group)
+            .zip(x.f32s().chunks_exact(group))
+        {
+            // The output in order, each run read from its place in the input.
+            for (column, out) in out.chunks_exact_mut(rows * width).enumerate() {
+                if width == 1 {
+                    let column = &x[column..];
+                    for (out, &value) in out.iter_mut().zip(column.iter().step_by(columns)) {
+                        out.write(value);
+                    }
+                    continue;
+                }
+                for (row, out) in out.chunks_exact_mut(width).enumerate() {
+                    let from = (row * columns + column) * width;
+                    for (out, &value) in out.iter_mut().zip(&x[from..from + width]) {
+                        out.write(value);
+                    }
+                }
+            }
+        }
+    };
+    assert_eq!(
+        shape.num_elements() % group,
+        0,
+        "whole groups of {rows} x {columns} runs of {width}"
+    );
+    // SAFETY: the values are whole groups (checked above), and within a group the runs move
+    // by a permutation of their places, so every value of the output is written.
+    unsafe { new_tensor::<B>(shape, &device, fill) }
 }
 
 /// The context `[images * kept, dim]` (head-lane order) and, when `keep_weights`, the
@@ -110,16 +137,16 @@ pub(super) fn host_attention<B: Backend>(
     let task_weights = IMAGES_PER_TASK * sizes.weights_len();
     let weights = if keep_weights {
         let mut weights = vec![0.0f32; sizes.images * sizes.weights_len()];
-        context_tasks
+        let chunks = context_tasks
             .zip(qkv_tasks)
-            .zip(weights.par_chunks_mut(task_weights))
-            .for_each(|((context, qkv), weights)| {
-                forward_task(qkv, sizes, context, weights);
-            });
+            .zip(weights.par_chunks_mut(task_weights));
+        tasks::for_each(chunks, |((context, qkv), weights)| {
+            forward_task(qkv, sizes, context, weights);
+        });
         let shape = [sizes.images, sizes.kept, sizes.tokens, sizes.heads];
         Some(B::float_from_data(TensorData::new(weights, shape), &device))
     } else {
-        context_tasks.zip(qkv_tasks).for_each(|(context, qkv)| {
+        tasks::for_each(context_tasks.zip(qkv_tasks), |(context, qkv)| {
             let mut weights = vec![0.0; task_weights];
             forward_task(qkv, sizes, context, &mut weights);
         });
@@ -144,14 +171,14 @@ pub(super) fn host_attention_backward<B: Backend>(
     // Zeroed: the keys' and values' gradients are sums over the queries, and queries past
     // `kept` had no output.
     let mut grad_qkv = vec![0.0f32; qkv.len()];
-    grad_qkv
+    let chunks = grad_qkv
         .par_chunks_mut(IMAGES_PER_TASK * sizes.projection_len())
         .zip(qkv.par_chunks(IMAGES_PER_TASK * sizes.projection_len()))
         .zip(weights.par_chunks(IMAGES_PER_TASK * sizes.weights_len()))
-        .zip(grad.par_chunks(IMAGES_PER_TASK * sizes.context_len()))
-        .for_each(|(((grad_qkv, qkv), weights), grad)| {
-            backward_task(qkv, weights, grad, sizes, grad_qkv);
-        });
+        .zip(grad.par_chunks(IMAGES_PER_TASK * sizes.context_len()));
+    tasks::for_each(chunks, |(((grad_qkv, qkv), weights), grad)| {
+        backward_task(qkv, weights, grad, sizes, grad_qkv);
+    });
     B::float_from_data(TensorData::new(grad_qkv, shape), &device)
 }
 
@@ -416,16 +443,6 @@ fn softmax_over_tokens<const H: usize>(vectors: impl Vectors, scores: &mut [Lane
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_two_orders_undo_each_other() {
-        let (to_lanes, to_usual) = (lanes_order(8, 4), usual_order(8, 4));
-        for (lane, &usual) in to_lanes.iter().enumerate() {
-            assert_eq!(to_usual[usual as usize], lane as i64);
-        }
-        // Column 1 in head-lane order is head 1's first value: column 4 in the usual order.
-        assert_eq!(&to_lanes[..3], &[0, 4, 8]);
-    }
 
     /// The context, weights and projection gradient of one forward and backward pass.
     fn forward_and_backward(

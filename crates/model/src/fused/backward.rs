@@ -6,7 +6,7 @@ use burn::backend::{Backend, TensorMetadata};
 use burn::tensor::{DType, TensorData};
 
 use super::host::host;
-use super::simd;
+use super::{simd, tasks};
 
 /// LayerNorm's backward pass from primitive operations, for backends without a better one:
 /// with `x̂ = (x - mean) · rstd` and `g = grad · gamma`,
@@ -87,30 +87,22 @@ pub(super) fn host_layer_norm_backward<B: Backend>(
     let epsilon = epsilon as f32;
     let mut grad_x = vec![0.0f32; x.len()];
     let chunk = ROWS_PER_TASK * features;
-    let (grad_gamma, grad_beta) = grad_x
+    // Each task's share of the gamma and beta gradients, `[gamma | beta]`, summed after.
+    let mut shares = vec![0.0f32; x.len().div_ceil(chunk) * 2 * features];
+    let chunks = grad_x
         .par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk).zip(grad.par_chunks(chunk)))
-        .map(|(grad_x, (x, grad))| {
-            let (mut grad_gamma, mut grad_beta) = (vec![0.0f32; features], vec![0.0f32; features]);
-            layer_norm_rows_backward(
-                x,
-                grad,
-                gamma,
-                epsilon,
-                grad_x,
-                &mut grad_gamma,
-                &mut grad_beta,
-            );
-            (grad_gamma, grad_beta)
-        })
-        .reduce(
-            || (vec![0.0f32; features], vec![0.0f32; features]),
-            |(mut gamma, mut beta), (other_gamma, other_beta)| {
-                add_into(&mut gamma, &other_gamma);
-                add_into(&mut beta, &other_beta);
-                (gamma, beta)
-            },
-        );
+        .zip(shares.par_chunks_mut(2 * features));
+    tasks::for_each(chunks, |((grad_x, (x, grad)), share)| {
+        let (grad_gamma, grad_beta) = share.split_at_mut(features);
+        layer_norm_rows_backward(x, grad, gamma, epsilon, grad_x, grad_gamma, grad_beta);
+    });
+    let (mut grad_gamma, mut grad_beta) = (vec![0.0f32; features], vec![0.0f32; features]);
+    for share in shares.chunks(2 * features) {
+        let (gamma, beta) = share.split_at(features);
+        add_into(&mut grad_gamma, gamma);
+        add_into(&mut grad_beta, beta);
+    }
     (
         B::float_from_data(TensorData::new(grad_x, shape), &device),
         B::float_from_data(TensorData::new(grad_gamma, [features]), &device),
@@ -189,20 +181,20 @@ pub(super) fn host_softmax_backward<B: Backend>(
     let (output, grad) = (output.f32s(), grad.f32s());
     let mut grad_x = vec![0.0f32; output.len()];
     let chunk = ROWS_PER_TASK * features;
-    grad_x
+    let chunks = grad_x
         .par_chunks_mut(chunk)
-        .zip(output.par_chunks(chunk).zip(grad.par_chunks(chunk)))
-        .for_each(|(grad_x, (output, grad))| {
-            let rows = grad_x
-                .chunks_mut(features)
-                .zip(output.chunks(features).zip(grad.chunks(features)));
-            for (grad_x, (output, grad)) in rows {
-                let projection: f32 = output.iter().zip(grad).map(|(y, g)| y * g).sum();
-                for ((dx, y), g) in grad_x.iter_mut().zip(output).zip(grad) {
-                    *dx = y * (g - projection);
-                }
+        .zip(output.par_chunks(chunk).zip(grad.par_chunks(chunk)));
+    tasks::for_each(chunks, |(grad_x, (output, grad))| {
+        let rows = grad_x
+            .chunks_mut(features)
+            .zip(output.chunks(features).zip(grad.chunks(features)));
+        for (grad_x, (output, grad)) in rows {
+            let projection: f32 = output.iter().zip(grad).map(|(y, g)| y * g).sum();
+            for ((dx, y), g) in grad_x.iter_mut().zip(output).zip(grad) {
+                *dx = y * (g - projection);
             }
-        });
+        }
+    });
     B::float_from_data(TensorData::new(grad_x, shape), &device)
 }
 

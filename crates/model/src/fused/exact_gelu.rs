@@ -12,7 +12,7 @@ use burn::backend::{Backend, TensorMetadata};
 use rayon::prelude::*;
 
 use super::host::{host, new_tensor};
-use super::simd;
+use super::{simd, tasks};
 
 /// Values handed to one task: enough work to outweigh a task's cost.
 const VALUES_PER_TASK: usize = 16 * 1024;
@@ -23,17 +23,16 @@ pub(super) fn host_gelu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     let (device, shape) = (x.device(), x.shape());
     match host::<B>(x).try_into_unique() {
         Ok(mut values) => {
-            values
-                .values_mut()
-                .par_chunks_mut(VALUES_PER_TASK)
-                .for_each(gelu_in_place);
+            let chunks = values.values_mut().par_chunks_mut(VALUES_PER_TASK);
+            tasks::for_each(chunks, gelu_in_place);
             values.into_tensor::<B>(shape, &device)
         }
         Err(x) => {
             let fill = |out: &mut [MaybeUninit<f32>]| {
-                out.par_chunks_mut(VALUES_PER_TASK)
-                    .zip(x.f32s().par_chunks(VALUES_PER_TASK))
-                    .for_each(|(out, x)| gelu_into(out, x));
+                let chunks = out
+                    .par_chunks_mut(VALUES_PER_TASK)
+                    .zip(x.f32s().par_chunks(VALUES_PER_TASK));
+                tasks::for_each(chunks, |(out, x)| gelu_into(out, x));
             };
             // SAFETY: the chunks of `out` and `x` pair up one to one (same length, same
             // chunk size), and `gelu_into` writes every value of its chunk.
@@ -51,10 +50,11 @@ pub(super) fn host_gelu_backward<B: Backend>(
     let (device, shape) = (x.device(), x.shape());
     let x = host::<B>(x);
     let mut out = host::<B>(grad).into_unique();
-    out.values_mut()
+    let chunks = out
+        .values_mut()
         .par_chunks_mut(VALUES_PER_TASK)
-        .zip(x.f32s().par_chunks(VALUES_PER_TASK))
-        .for_each(|(grad, x)| gelu_backward_in_place(grad, x));
+        .zip(x.f32s().par_chunks(VALUES_PER_TASK));
+    tasks::for_each(chunks, |(grad, x)| gelu_backward_in_place(grad, x));
     out.into_tensor::<B>(shape, &device)
 }
 

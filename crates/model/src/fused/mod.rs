@@ -33,9 +33,9 @@ use burn::backend::{
     Autodiff, Backend, Dispatch, DispatchDevice, TensorMetadata, backend_extension,
 };
 use burn::nn::Dropout;
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 
-use attention::{Sizes, host_attention, host_attention_backward};
+use attention::{Sizes, host_attention, host_attention_backward, host_transpose_groups};
 use exact_gelu::{host_gelu, host_gelu_backward};
 
 use backward::{
@@ -52,6 +52,7 @@ mod libtorch;
 #[cfg(feature = "flex")]
 mod linear;
 mod simd;
+mod tasks;
 mod vectors;
 
 /// The fused operations, for every backend this crate routes to.
@@ -98,8 +99,8 @@ pub trait FusedOps: Backend {
     }
 
     /// Multi-head self-attention from the projection `qkv` `[images * tokens, 3 * dim]`
-    /// (queries already scaled, then keys, then values, each with its columns in
-    /// [`lanes_order`]), for the first `kept` tokens of each image: the context
+    /// (queries already scaled, then keys, then values, each with its columns in head-lane
+    /// order, [`columns_in_lanes`]), for the first `kept` tokens of each image: the context
     /// `[images * kept, dim]`, in the same order.
     fn fused_attention(
         qkv: FloatTensor<Self>,
@@ -136,6 +137,19 @@ pub trait FusedOps: Backend {
     ) -> FloatTensor<Self> {
         let sizes = Sizes::of::<Self>(&qkv, images, heads, kept);
         host_attention_backward::<Self>(qkv, weights, grad, sizes)
+    }
+
+    /// `x` `[n, m]` with, in each group of `rows * columns * width` values of a row, the
+    /// `[rows, columns]` grid of runs of `width` values transposed: run `r * columns + c`
+    /// moves to `c * rows + r`. Its own inverse with `rows` and `columns` swapped. The host
+    /// kernel, for the `f32` tensors of the CPU backends that run the fused attention.
+    fn transpose_groups(
+        x: FloatTensor<Self>,
+        rows: usize,
+        columns: usize,
+        width: usize,
+    ) -> FloatTensor<Self> {
+        host_transpose_groups::<Self>(x, rows, columns, width)
     }
 
     /// `x · weight + bias` for `x` `[rows, inputs]` and `weight` `[inputs, outputs]`: Burn's
@@ -274,20 +288,9 @@ pub fn attention(
     if !attention_is_fused(&qkv, heads, dim / heads, dropout) {
         return composed_attention(qkv, images, heads, kept, dropout);
     }
-    let device = qkv.device();
-    let to_lanes = lanes_order(heads, dim / heads, &device);
-    let qkv_to_lanes = Tensor::cat(
-        (0..3)
-            .map(|part| to_lanes.clone().add_scalar((part * dim) as i64))
-            .collect(),
-        0,
-    );
-    let context = attention_in_lanes(qkv.select(1, qkv_to_lanes), images, heads, kept);
-    let to_usual = attention::usual_order(heads, dim / heads);
-    context.select(
-        1,
-        Tensor::from_data(TensorData::new(to_usual, [dim]), &device),
-    )
+    let (head_dim, qkv) = (dim / heads, columns_in_lanes(qkv, heads, dim / heads));
+    let context = attention_in_lanes(qkv, images, heads, kept);
+    columns_in_usual_order(context, heads, head_dim)
 }
 
 /// Whether [`attention_in_lanes`] can run for `heads` heads of `head_dim` values with
@@ -306,17 +309,46 @@ pub fn attention_is_fused<const D: usize>(
         && runs_on_host(&x.device())
 }
 
-/// The order of the fused attention's columns within the `heads * head_dim` columns of a
-/// query, key, value or context: index `d * heads + h` holds the usual column `h * head_dim +
-/// d`, head `h`'s value `d`. `x.select(1, order)` reorders the columns of `x`, and
-/// `w.select(0, order)` the rows of a weight that reads a context.
-pub fn lanes_order(heads: usize, head_dim: usize, device: &Device) -> Tensor<1, Int> {
-    let order = attention::lanes_order(heads, head_dim);
-    Tensor::from_data(TensorData::new(order, [heads * head_dim]), device)
+/// The columns of `x` `[rows, groups * heads * head_dim]` in the fused attention's head-lane
+/// order: within each group of `heads * head_dim` columns (a query, key, value or context),
+/// column `d * heads + h` holds the usual column `h * head_dim + d`, head `h`'s value `d`. Each
+/// group's `[heads, head_dim]` transposed.
+pub fn columns_in_lanes(x: Tensor<2>, heads: usize, head_dim: usize) -> Tensor<2> {
+    transpose_groups(x, heads, head_dim, 1)
+}
+
+/// The inverse of [`columns_in_lanes`]: the columns of `x` back in the usual order.
+pub fn columns_in_usual_order(x: Tensor<2>, heads: usize, head_dim: usize) -> Tensor<2> {
+    transpose_groups(x, head_dim, heads, 1)
+}
+
+/// The rows of `weight` `[heads * head_dim, columns]`, a weight that reads a context, in
+/// head-lane order ([`columns_in_lanes`]), so that it reads a context in that order.
+pub fn rows_in_lanes(weight: Tensor<2>, heads: usize, head_dim: usize) -> Tensor<2> {
+    let [rows, columns] = weight.dims();
+    let flat = weight.reshape([1, rows * columns]);
+    transpose_groups(flat, heads, head_dim, columns).reshape([rows, columns])
+}
+
+/// [`FusedOps::transpose_groups`] where the fused attention runs (one copy of `x`, on the
+/// host), a transpose of Burn's elsewhere.
+fn transpose_groups(x: Tensor<2>, rows: usize, columns: usize, width: usize) -> Tensor<2> {
+    if routed(&x) && runs_on_host(&x.device()) {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::transpose_groups(
+            x.into_dispatch(),
+            rows,
+            columns,
+            width,
+        ));
+    }
+    let [n, m] = x.dims();
+    x.reshape([n, m / (rows * columns * width), rows, columns, width])
+        .swap_dims(2, 3)
+        .reshape([n, m])
 }
 
 /// [`attention`] as one operation, from a projection whose queries, keys and values each have
-/// their columns in [`lanes_order`], to a context in that order too. Only where
+/// their columns in head-lane order ([`columns_in_lanes`]), to a context in that order too. Only where
 /// [`attention_is_fused`].
 pub fn attention_in_lanes(qkv: Tensor<2>, images: usize, heads: usize, kept: usize) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_attention(
@@ -641,6 +673,47 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(B::fused_softmax(x.into_primitive())),
         }
     }
+
+    fn transpose_groups(
+        x: FloatTensor<Self>,
+        rows: usize,
+        columns: usize,
+        width: usize,
+    ) -> FloatTensor<Self> {
+        /// The gradient moves back: the transpose with `rows` and `columns` swapped.
+        #[derive(Debug)]
+        struct TransposeGroupsBackward;
+
+        impl<B: FusedOps> Backward<B, 1> for TransposeGroupsBackward {
+            /// `rows`, `columns` and `width` of the forward pass.
+            type State = (usize, usize, usize);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [x_node] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (rows, columns, width) = ops.state;
+                if let Some(node) = x_node {
+                    let moved_back = B::transpose_groups(grad, columns, rows, width);
+                    grads.register::<B>(node.id, moved_back);
+                }
+            }
+        }
+
+        let prepared = TransposeGroupsBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful();
+        let output = B::transpose_groups(x.into_primitive(), rows, columns, width);
+        match prepared {
+            OpsKind::Tracked(prep) => prep.finish((rows, columns, width), output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
 }
 
 /// flex runs the linear layers' products itself (the module `linear`); every other operation
@@ -697,5 +770,70 @@ impl FusedOps for burn::backend::Cube {
 
     fn softmax_backward(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         composed_softmax_backward::<Self>(output, grad)
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+
+    /// `[rows, columns]` holding `0, 1, 2, …` row by row.
+    fn counting(rows: usize, columns: usize) -> Tensor<2> {
+        counting_on(rows, columns, &Device::flex())
+    }
+
+    fn counting_on(rows: usize, columns: usize, device: &Device) -> Tensor<2> {
+        let values: Vec<f32> = (0..rows * columns).map(|value| value as f32).collect();
+        Tensor::from_data(
+            burn::tensor::TensorData::new(values, [rows, columns]),
+            device,
+        )
+    }
+
+    fn values(tensor: Tensor<2>) -> Vec<f32> {
+        tensor.into_data().to_vec().unwrap()
+    }
+
+    /// Column `d * heads + h` in head-lane order is head `h`'s value `d`, usual column
+    /// `h * head_dim + d`, in each group; the usual order undoes it; a weight's rows follow
+    /// the same order as the columns.
+    #[test]
+    fn head_lane_order_transposes_each_group_of_heads() {
+        let (heads, head_dim) = (4, 2);
+        let x = counting(3, 2 * heads * head_dim); // two groups of 8 columns
+        let lanes = values(columns_in_lanes(x.clone(), heads, head_dim));
+        // Head h's value d: usual column h * 2 + d, lane column d * 4 + h.
+        let first_row = [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15];
+        let expected_row: Vec<f32> = first_row.iter().map(|&column| column as f32).collect();
+        assert_eq!(&lanes[..16], &expected_row[..]);
+        let back = columns_in_usual_order(
+            columns_in_lanes(x.clone(), heads, head_dim),
+            heads,
+            head_dim,
+        );
+        assert_eq!(values(back), values(x));
+
+        let weight = counting(heads * head_dim, 5);
+        let rows = values(rows_in_lanes(weight.clone(), heads, head_dim));
+        let by_columns = columns_in_lanes(weight.transpose(), heads, head_dim).transpose();
+        assert_eq!(rows, values(by_columns));
+    }
+
+    /// The host kernel (f32) against Burn's reshape and transpose (f64 takes that path), and
+    /// the gradient: the output's moved back to the input's places.
+    #[test]
+    fn the_host_transpose_and_its_gradient_agree_with_burns() {
+        let (heads, head_dim) = (4, 2);
+        let device = Device::flex().autodiff();
+        let x = counting_on(3, 16, &device).require_grad();
+        let factors = counting_on(3, 16, &device).sin();
+        let lanes = columns_in_lanes(x.clone(), heads, head_dim);
+        let gradients = (lanes.clone() * factors.clone()).sum().backward();
+        let grad = x.grad(&gradients).expect("x takes part");
+
+        let composed = columns_in_lanes(counting(3, 16).cast(DType::F64), heads, head_dim);
+        assert_eq!(values(lanes.inner()), values(composed.cast(DType::F32)));
+        let moved_back = columns_in_usual_order(factors.inner(), heads, head_dim);
+        assert_eq!(values(grad), values(moved_back));
     }
 }
