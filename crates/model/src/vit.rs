@@ -279,7 +279,8 @@ fn self_attention(
     let [rows, dim] = x.dims();
     // The fused attention reads and writes each token's heads in lanes: reorder whichever
     // holds fewer values, the weights' columns and rows (`4 · dim²` values) or the
-    // activations (`4 · dim` per row, `fused::attention`), as for a prediction of one image.
+    // activations (`4 · dim` per row, `fused::attention`: under `dim` rows, as in a
+    // prediction of one to three images).
     if rows >= dim && fused::attention_is_fused(&x, heads, head_dim, &attention.dropout) {
         let qkv = projections(attention, x, Some((heads, head_dim)));
         let context = fused::attention_in_lanes(qkv, batch, heads, kept);

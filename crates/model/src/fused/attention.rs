@@ -16,7 +16,8 @@
 //! AVX2 register for the tutorial's model, with no row of 17 tokens to split into vectors and
 //! no transposes. The model puts the projection's columns (and the output projection's rows) in
 //! that order once per step (`columns_in_lanes`, `rows_in_lanes`), instead of moving the
-//! activations.
+//! activations; for a prediction of one to three images, whose activations hold fewer values
+//! than the weights, it moves the activations.
 
 use std::mem::MaybeUninit;
 
@@ -88,6 +89,11 @@ pub(super) fn host_transpose_groups<B: Backend>(
     let (device, shape) = (x.device(), x.shape());
     let x = host::<B>(x);
     let group = rows * columns * width;
+    assert_eq!(
+        shape.num_elements() % group,
+        0,
+        "whole groups of {rows} x {columns} runs of {width}"
+    );
     let fill = |out: &mut [MaybeUninit<f32>]| {
         for (out, x) in out
             .chunks_exact_mut(group)
@@ -96,26 +102,21 @@ pub(super) fn host_transpose_groups<B: Backend>(
             // The output in order, each run read from its place in the input.
             for (column, out) in out.chunks_exact_mut(rows * width).enumerate() {
                 if width == 1 {
-                    let column = &x[column..];
-                    for (out, &value) in out.iter_mut().zip(column.iter().step_by(columns)) {
+                    let column = x[column..].iter().step_by(columns);
+                    for (out, &value) in out.iter_mut().zip(column) {
                         out.write(value);
                     }
-                    continue;
-                }
-                for (row, out) in out.chunks_exact_mut(width).enumerate() {
-                    let from = (row * columns + column) * width;
-                    for (out, &value) in out.iter_mut().zip(&x[from..from + width]) {
-                        out.write(value);
+                } else {
+                    for (row, out) in out.chunks_exact_mut(width).enumerate() {
+                        let from = (row * columns + column) * width;
+                        for (out, &value) in out.iter_mut().zip(&x[from..from + width]) {
+                            out.write(value);
+                        }
                     }
                 }
             }
         }
     };
-    assert_eq!(
-        shape.num_elements() % group,
-        0,
-        "whole groups of {rows} x {columns} runs of {width}"
-    );
     // SAFETY: the values are whole groups (checked above), and within a group the runs move
     // by a permutation of their places, so every value of the output is written.
     unsafe { new_tensor::<B>(shape, &device, fill) }

@@ -275,8 +275,9 @@ pub fn linear<const D: usize>(
 /// side in each row, with `dropout` applied to the attention weights.
 ///
 /// One operation on flex and ndarray where [`attention_is_fused`] says so, with the columns
-/// put in head-lane order before it and back after; the model avoids those two copies by
-/// ordering its weights instead ([`attention_in_lanes`]). Burn's batched products elsewhere.
+/// put in head-lane order before it and back after; the model orders its weights instead
+/// ([`attention_in_lanes`]) wherever they hold fewer values than these two copies would move.
+/// Burn's batched products elsewhere.
 pub fn attention(
     qkv: Tensor<2>,
     images: usize,
