@@ -149,7 +149,8 @@ impl Vit {
             .permute([0, 2, 4, 3, 5, 1])
             .reshape([batch * rows * cols, patch * patch * channels]); // [batch * 16, 49] (tutorial)
         let [_, _, dim] = self.position_embedding.dims();
-        let tokens = apply(&self.patch_embedding, patches).reshape([batch, rows * cols, dim]); // [batch, 16, dim]
+        // [batch, 16, dim]
+        let tokens = apply(&self.patch_embedding, patches).reshape([batch, rows * cols, dim]);
 
         let class_token = self.class_token.val().repeat_dim(0, batch); // [batch, 1, dim]
         let x = Tensor::cat(vec![class_token, tokens], 1) + self.position_embedding.val();

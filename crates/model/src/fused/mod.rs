@@ -285,11 +285,11 @@ pub fn attention(
     kept: usize,
     dropout: &Dropout,
 ) -> Tensor<2> {
-    let dim = qkv.dims()[1] / 3;
-    if !attention_is_fused(&qkv, heads, dim / heads, dropout) {
+    let head_dim = qkv.dims()[1] / 3 / heads;
+    if !attention_is_fused(&qkv, heads, head_dim, dropout) {
         return composed_attention(qkv, images, heads, kept, dropout);
     }
-    let (head_dim, qkv) = (dim / heads, columns_in_lanes(qkv, heads, dim / heads));
+    let qkv = columns_in_lanes(qkv, heads, head_dim);
     let context = attention_in_lanes(qkv, images, heads, kept);
     columns_in_usual_order(context, heads, head_dim)
 }
@@ -349,8 +349,8 @@ fn transpose_groups(x: Tensor<2>, rows: usize, columns: usize, width: usize) -> 
 }
 
 /// [`attention`] as one operation, from a projection whose queries, keys and values each have
-/// their columns in head-lane order ([`columns_in_lanes`]), to a context in that order too. Only where
-/// [`attention_is_fused`].
+/// their columns in head-lane order ([`columns_in_lanes`]), to a context in that order too.
+/// Only where [`attention_is_fused`].
 pub fn attention_in_lanes(qkv: Tensor<2>, images: usize, heads: usize, kept: usize) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_attention(
         qkv.into_dispatch(),
