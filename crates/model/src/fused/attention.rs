@@ -429,7 +429,7 @@ fn softmax_over_tokens<const H: usize>(vectors: impl Vectors, scores: &mut [Lane
         vectors.subtract(score, &max);
     }
     for score in scores.as_flattened_mut() {
-        *score = simd::exp(*score);
+        *score = simd::exp(vectors, *score);
     }
     let mut sum = [0.0f32; H];
     for score in scores.iter() {

@@ -3,7 +3,8 @@
 //! flex computes GELU and its gradient with the scalar `erff` of libm, one call per value, a
 //! few per cent of a training step on its own. Here `erf` is the Abramowitz–Stegun 7.1.26
 //! rational approximation (absolute error below 1.5e-7, far under float32 training noise), from
-//! arithmetic that runs eight values at a time under AVX2.
+//! arithmetic that runs eight values at a time under AVX2, its polynomials in fused
+//! multiply-adds.
 
 use std::mem::MaybeUninit;
 
@@ -12,6 +13,7 @@ use burn::backend::{Backend, TensorMetadata};
 use rayon::prelude::*;
 
 use super::host::{host, new_tensor};
+use super::vectors::Vectors;
 use super::{simd, tasks};
 
 /// Values handed to one task: enough work to outweigh a task's cost.
@@ -58,64 +60,64 @@ pub(super) fn host_gelu_backward<B: Backend>(
     out.into_tensor::<B>(shape, &device)
 }
 
-simd::vectorized! {
+simd::vectorized_with! {
     fn gelu_in_place(values: &mut [f32]) => gelu_values
 }
 
-simd::vectorized! {
+simd::vectorized_with! {
     /// `out` becomes `gelu(x)`, value by value (the two have one length).
     fn gelu_into(out: &mut [MaybeUninit<f32>], x: &[f32]) => gelu_values_into
 }
 
-simd::vectorized! {
+simd::vectorized_with! {
     /// `grad` becomes `grad · gelu'(x)`.
     fn gelu_backward_in_place(grad: &mut [f32], x: &[f32]) => gelu_backward_values
 }
 
 #[inline(always)]
-fn gelu_values_into(out: &mut [MaybeUninit<f32>], x: &[f32]) {
+fn gelu_values_into(vectors: impl Vectors, out: &mut [MaybeUninit<f32>], x: &[f32]) {
     assert_eq!(out.len(), x.len(), "one output per value");
     for (out, &x) in out.iter_mut().zip(x) {
-        out.write(x * normal_cdf(x));
+        out.write(x * normal_cdf(vectors, x));
     }
 }
 
 #[inline(always)]
-fn gelu_values(values: &mut [f32]) {
+fn gelu_values(vectors: impl Vectors, values: &mut [f32]) {
     for x in values {
-        *x = *x * normal_cdf(*x);
+        *x = *x * normal_cdf(vectors, *x);
     }
 }
 
 /// `gelu'(x) = Φ(x) + x·φ(x)`, with the one exponential `e^(-x²/2)` serving both: it is
 /// `e^(-z²)` for `erf`'s `z = x / √2`, and the normal density's.
 #[inline(always)]
-fn gelu_backward_values(grad: &mut [f32], x: &[f32]) {
+fn gelu_backward_values(vectors: impl Vectors, grad: &mut [f32], x: &[f32]) {
     let inverse_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
     for (grad, &x) in grad.iter_mut().zip(x) {
-        let gaussian = simd::exp(-0.5 * x * x);
+        let gaussian = simd::exp(vectors, -0.5 * x * x);
         let z = x * std::f32::consts::FRAC_1_SQRT_2;
-        let cdf = 0.5 * (1.0 + erf_with(z, gaussian));
-        *grad *= cdf + x * inverse_sqrt_2pi * gaussian;
+        let cdf = vectors.mul_add(0.5, erf_with(vectors, z, gaussian), 0.5);
+        *grad *= vectors.mul_add(x * inverse_sqrt_2pi, gaussian, cdf);
     }
 }
 
 /// `Φ(x) = (1 + erf(x / √2)) / 2`.
 #[inline(always)]
-fn normal_cdf(x: f32) -> f32 {
-    0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+fn normal_cdf(vectors: impl Vectors, x: f32) -> f32 {
+    vectors.mul_add(0.5, erf(vectors, x * std::f32::consts::FRAC_1_SQRT_2), 0.5)
 }
 
 /// Abramowitz & Stegun 7.1.26: `erf(z) ≈ 1 - t·P(t)·e^(-z²)`, `t = 1 / (1 + p·z)` for
 /// `z ≥ 0`, odd in `z`.
 #[inline(always)]
-fn erf(z: f32) -> f32 {
-    erf_with(z, simd::exp(-z * z))
+fn erf(vectors: impl Vectors, z: f32) -> f32 {
+    erf_with(vectors, z, simd::exp(vectors, -z * z))
 }
 
 /// [`erf`] given `gaussian = e^(-z²)`.
 #[inline(always)]
-fn erf_with(z: f32, gaussian: f32) -> f32 {
+fn erf_with(vectors: impl Vectors, z: f32, gaussian: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         0.254_829_6,
@@ -125,9 +127,12 @@ fn erf_with(z: f32, gaussian: f32) -> f32 {
         1.061_405_4,
     ];
     let magnitude = z.abs();
-    let t = 1.0 / (1.0 + P * magnitude);
-    let polynomial = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    let value = 1.0 - polynomial * gaussian;
+    let t = 1.0 / vectors.mul_add(P, magnitude, 1.0);
+    let mut polynomial = A[4];
+    for coefficient in [A[3], A[2], A[1], A[0]] {
+        polynomial = vectors.mul_add(polynomial, t, coefficient);
+    }
+    let value = vectors.mul_add(-(t * polynomial), gaussian, 1.0);
     value.copysign(z)
 }
 
@@ -145,15 +150,28 @@ mod tests {
         sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 
-    #[test]
-    fn erf_is_within_its_published_error() {
+    fn erf_is_within_its_published_error(vectors: impl Vectors) {
         for step in -300..=300 {
             let z = step as f64 * 0.01;
-            let diff = (erf(z as f32) as f64 - reference_erf(z)).abs();
+            let diff = (erf(vectors, z as f32) as f64 - reference_erf(z)).abs();
             assert!(diff < 5e-7, "erf({z}) off by {diff:e}");
         }
         // erfc(6) is 2e-17: ±1 to float32 precision.
-        assert_eq!((erf(6.0), erf(-6.0)), (1.0, -1.0));
+        assert_eq!((erf(vectors, 6.0), erf(vectors, -6.0)), (1.0, -1.0));
+    }
+
+    #[test]
+    fn erf_is_within_its_published_error_in_plain_arithmetic() {
+        erf_is_within_its_published_error(crate::fused::vectors::Plain);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn erf_is_within_its_published_error_with_fused_multiply_adds() {
+        match crate::fused::vectors::Avx2::detect() {
+            Some(avx2) => erf_is_within_its_published_error(avx2),
+            None => eprintln!("this CPU has no AVX2 and FMA: the plain test covers erf"),
+        }
     }
 
     /// In the tensor's own buffer when nothing else holds it, into a new one when something

@@ -127,23 +127,20 @@ fn product(lhs: Matrix, rhs: Matrix, bias: Option<&[f32]>) -> FlexTensor {
         lhs.in_bounds() && rhs.in_bounds(),
         "matrices within their buffers"
     );
-    let len = rows * columns;
-    let mut output = Vec::with_capacity(len);
     if let Some(bias) = bias {
         assert_eq!(bias.len(), columns, "one bias per column");
-        for _ in 0..rows {
-            output.extend_from_slice(bias);
-        }
     }
+    let len = rows * columns;
+    let mut output = Vec::with_capacity(len);
     let parallelism = if rows * inner * columns >= PARALLEL_WORK {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
     // SAFETY: `output` has room for `rows · columns` values in rows of `columns`; both inputs
-    // lie within their buffers (checked above) with the sizes passed; with a bias every output
-    // value is initialised before gemm reads it (`read_dst`), without one gemm only writes, and
-    // it writes every value, as `inner` is not 0 (`Matrix::of` takes no empty matrix).
+    // lie within their buffers (checked above) with the sizes passed; gemm only writes
+    // (`read_dst` is false), and it writes every value, as `inner` is not 0 (`Matrix::of`
+    // takes no empty matrix).
     unsafe {
         gemm::gemm(
             rows,
@@ -152,7 +149,7 @@ fn product(lhs: Matrix, rhs: Matrix, bias: Option<&[f32]>) -> FlexTensor {
             output.as_mut_ptr(),
             1,
             columns as isize,
-            bias.is_some(),
+            false,
             lhs.values.as_ptr().add(lhs.start),
             lhs.column_stride,
             lhs.row_stride,
@@ -167,6 +164,12 @@ fn product(lhs: Matrix, rhs: Matrix, bias: Option<&[f32]>) -> FlexTensor {
             parallelism,
         );
         output.set_len(len);
+    }
+    // After the product rather than gemm's starting values: a bias written into each row
+    // first took a `memcpy` call per row, a few per cent of the product. The sum is the same,
+    // `product + bias`, rounded once.
+    if let Some(bias) = bias {
+        add_to_rows(&mut output, bias);
     }
     FlexTensor::from_data(TensorData::new(output, [rows, columns]))
 }
@@ -187,6 +190,20 @@ fn column_sums(matrix: Matrix) -> Vec<f32> {
         }
     }
     sums
+}
+
+simd::vectorized! {
+    /// Adds `row` onto each row of `rows` (rows of `row.len()` values).
+    fn add_to_rows(rows: &mut [f32], row: &[f32]) => add_to_rows_body
+}
+
+#[inline(always)]
+fn add_to_rows_body(rows: &mut [f32], row: &[f32]) {
+    for values in rows.chunks_exact_mut(row.len()) {
+        for (value, add) in values.iter_mut().zip(row) {
+            *value += add;
+        }
+    }
 }
 
 simd::vectorized! {

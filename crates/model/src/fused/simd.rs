@@ -3,6 +3,8 @@
 //! x86-64, whose vectors hold 4 floats), and reductions and an `exp` written so that the
 //! compiler can vectorize them (a plain float sum is a chain it must keep in order).
 
+use super::vectors::Vectors;
+
 /// Lanes of the partial sums in [`dot`] and [`sum`]: one AVX2 vector of `f32`.
 const LANES: usize = 8;
 
@@ -120,14 +122,15 @@ pub(super) fn sum(x: &[f32]) -> f32 {
 
 /// `e^x` to within 2 ulp for `x` in [-87, 88] (0 below, `e^88` above), from arithmetic the
 /// compiler can vectorize: `e^x = 2^k · e^r` with `k = round(x / ln 2)`, `|r| ≤ ln 2 / 2`,
-/// and `e^r` as its Taylor polynomial of degree 7 (Horner).
+/// and `e^r` as its Taylor polynomial of degree 7 (Horner, in fused multiply-adds where
+/// `vectors` has them).
 #[inline(always)]
-pub(super) fn exp(x: f32) -> f32 {
+pub(super) fn exp(vectors: impl Vectors, x: f32) -> f32 {
     const LN_2_HIGH: f32 = 0.693_145_75;
     const LN_2_LOW: f32 = 1.428_606_8e-6;
     let clamped = x.clamp(-87.0, 88.0);
     let k = (clamped * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = clamped - k * LN_2_HIGH - k * LN_2_LOW;
+    let r = vectors.mul_add(-k, LN_2_LOW, vectors.mul_add(-k, LN_2_HIGH, clamped));
     let mut p = 1.0 / 5040.0;
     for coefficient in [
         1.0 / 720.0,
@@ -138,7 +141,7 @@ pub(super) fn exp(x: f32) -> f32 {
         1.0,
         1.0,
     ] {
-        p = p * r + coefficient;
+        p = vectors.mul_add(p, r, coefficient);
     }
     // `as i32` saturates and maps NaN to 0, which compiles to scalar code; `k` is a whole
     // number in [-126, 127] for every input but NaN.
@@ -153,19 +156,36 @@ pub(super) fn exp(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "x86_64")]
+    use crate::fused::vectors::Avx2;
+    use crate::fused::vectors::Plain;
 
-    #[test]
-    fn exp_is_within_two_ulp_of_the_standard_one() {
+    /// With and without fused multiply-adds (where this CPU has them).
+    fn exp_is_within_two_ulp_of_the_standard_one(vectors: impl Vectors) {
         let mut worst = 0.0f32;
         for step in -86_999..=87_999 {
             let x = step as f32 * 1e-3;
-            let (fast, exact) = (exp(x), (x as f64).exp() as f32);
+            let (fast, exact) = (exp(vectors, x), (x as f64).exp() as f32);
             let ulp = (exact.to_bits() as i64 - fast.to_bits() as i64).abs() as f32;
             worst = worst.max(ulp);
         }
         assert!(worst <= 2.0, "{worst} ulp");
-        assert_eq!(exp(-200.0), 0.0);
-        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(vectors, -200.0), 0.0);
+        assert_eq!(exp(vectors, f32::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_in_plain_arithmetic() {
+        exp_is_within_two_ulp_of_the_standard_one(Plain);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exp_is_within_two_ulp_with_fused_multiply_adds() {
+        match Avx2::detect() {
+            Some(avx2) => exp_is_within_two_ulp_of_the_standard_one(avx2),
+            None => eprintln!("this CPU has no AVX2 and FMA: the plain test covers exp"),
+        }
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub(super) trait Vectors: Copy {
     fn multiply<const N: usize>(self, x: &mut [f32; N], y: &[f32; N]);
     /// `x = if y > x { y } else { x }` (a NaN in `y` is skipped, one in `x` kept).
     fn max<const N: usize>(self, x: &mut [f32; N], y: &[f32; N]);
+    /// `a · b + c` for one value: a fused multiply-add, rounded once, with [`Avx2`] (in a loop
+    /// the compiler vectorizes, a vector FMA); the product and the sum rounded apart with
+    /// [`Plain`], whose CPUs may lack the instruction (std's `mul_add` would call libm).
+    fn mul_add(self, a: f32, b: f32, c: f32) -> f32;
 }
 
 /// Lane loops, for CPUs without AVX2 and for other architectures.
@@ -62,6 +66,11 @@ impl Vectors for Plain {
                 x[lane] = y[lane];
             }
         }
+    }
+
+    #[inline(always)]
+    fn mul_add(self, a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
     }
 }
 
@@ -146,6 +155,13 @@ mod avx2 {
         binary!(multiply, _mm256_mul_ps, _mm_mul_ps);
         // `maxps(y, x)` is `y > x ? y : x`, the comparison `Plain::max` makes.
         binary!(max, max_of_second, max_of_second_narrow);
+
+        #[inline(always)]
+        fn mul_add(self, a: f32, b: f32, c: f32) -> f32 {
+            // One instruction where this is inlined into a function compiled with FMA, as
+            // every user of `Avx2` is (`vectorized_with!`).
+            a.mul_add(b, c)
+        }
     }
 
     #[inline(always)]
@@ -212,13 +228,22 @@ mod tests {
         let mut sum = [1.0, 1.0, 1.0];
         Plain.multiply_add(&mut sum, &y, &y);
         assert_eq!(sum, [5.0, 10.0, 2.0]);
+        assert_eq!(Plain.mul_add(3.0, 4.0, -2.0), 10.0);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_instructions_agree_with_the_lane_loops() {
         match Avx2::detect() {
-            Some(avx2) => agrees_with_plain(avx2),
+            Some(avx2) => {
+                agrees_with_plain(avx2);
+                // Rounded once: 1 + 2⁻²³ squared is 1 + 2⁻²² + 2⁻⁴⁶, whose last term a
+                // separate product rounds away.
+                let a = 1.0 + f32::EPSILON;
+                let exact_tail = avx2.mul_add(a, a, -(a * a));
+                assert_eq!(exact_tail, f32::EPSILON * f32::EPSILON);
+                assert_eq!(Plain.mul_add(a, a, -(a * a)), 0.0);
+            }
             None => eprintln!("this CPU has no AVX2: only the lane loops run here"),
         }
     }
