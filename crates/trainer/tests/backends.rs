@@ -430,6 +430,16 @@ fn trainer_adam_matches_burns_on_every_backend() {
                 moved > 1e-2,
                 "Adam with {weight_decay:?} on {name}: moved {moved}"
             );
+            // burn-train's Learner holds the model while the optimiser steps a clone of it: the
+            // held parameters keep their values, the stepped clone's move.
+            let held = parameters(&by_us);
+            let stepped = step(&mut ours, by_us.clone(), 3.0);
+            assert_eq!(
+                parameters(&by_us),
+                held,
+                "Adam with {weight_decay:?} on {name} wrote into a held parameter"
+            );
+            assert!(max_abs_diff(&parameters(&stepped)[0], &held[0]) > 0.0);
         }
         println!("{name}: the trainer's Adam agrees with Burn's");
     }

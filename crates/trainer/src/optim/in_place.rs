@@ -103,6 +103,11 @@ mod flex {
 
     /// `tensor` itself when its values may be overwritten: an `f32` tensor that is its whole
     /// buffer, in row-major order, and that no other tensor holds. Otherwise such a copy.
+    ///
+    /// The parameter is the held one in training: burn-train's Learner keeps the model while
+    /// the optimizer steps a clone of it. A contiguous `f32` parameter is then copied once,
+    /// straight from its buffer; through `into_data` it was copied three times, each into a
+    /// new allocation, every parameter every step.
     fn writable(mut tensor: FlexTensor) -> FlexTensor {
         let whole = tensor.is_contiguous()
             && tensor.layout().start_offset() == 0
@@ -111,8 +116,13 @@ mod flex {
             return tensor;
         }
         let shape = tensor.layout().shape().clone();
-        let data = tensor.into_data().convert::<f32>();
-        let values = data.to_vec::<f32>().expect("converted to f32 just above");
+        let values = match tensor.as_slice::<f32>() {
+            Some(values) => values.to_vec(),
+            None => {
+                let data = tensor.into_data().convert::<f32>();
+                data.to_vec::<f32>().expect("converted to f32 just above")
+            }
+        };
         FlexTensor::from_data(TensorData::new(values, shape))
     }
 
