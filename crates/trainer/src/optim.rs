@@ -16,6 +16,7 @@ use burn::optim::{
     decay::WeightDecayConfig,
 };
 use burn::tensor::{Device, Tensor};
+use std::mem::MaybeUninit;
 
 #[cfg(any(feature = "flex", feature = "tch"))]
 mod in_place;
@@ -176,6 +177,41 @@ impl AdamStep {
         moment_1: &mut [f32],
         moment_2: &mut [f32],
     ) {
+        let update = self.update();
+        let values = parameter
+            .iter_mut()
+            .zip(grad)
+            .zip(moment_1.iter_mut().zip(moment_2.iter_mut()));
+        for ((p, &g), (m, v)) in values {
+            *p = update(*p, g, m, v);
+        }
+    }
+
+    /// [`AdamStep::apply`] for a parameter that may not be overwritten: its updated values are
+    /// written to `updated` (one per value of `parameter`), the moments in place.
+    pub fn apply_into(
+        &self,
+        parameter: &[f32],
+        updated: &mut [MaybeUninit<f32>],
+        grad: &[f32],
+        moment_1: &mut [f32],
+        moment_2: &mut [f32],
+    ) {
+        assert_eq!(updated.len(), parameter.len(), "one updated value per value");
+        let update = self.update();
+        let values = parameter
+            .iter()
+            .zip(updated.iter_mut())
+            .zip(grad)
+            .zip(moment_1.iter_mut().zip(moment_2.iter_mut()));
+        for (((&p, updated), &g), (m, v)) in values {
+            updated.write(update(p, g, m, v));
+        }
+    }
+
+    /// One value's update: its new value from the old one and its gradient, its moments
+    /// updated in place.
+    fn update(&self) -> impl Fn(f32, f32, &mut f32, &mut f32) -> f32 {
         let AdamSettings {
             beta_1,
             beta_2,
@@ -191,15 +227,11 @@ impl AdamStep {
             WeightDecay::L2(rate) => (rate, 1.0),
             WeightDecay::Decoupled(rate) => (0.0, 1.0 - lr * rate),
         };
-        let values = parameter
-            .iter_mut()
-            .zip(grad)
-            .zip(moment_1.iter_mut().zip(moment_2.iter_mut()));
-        for ((p, &g), (m, v)) in values {
-            let g = g + l2 * *p;
+        move |p, g, m, v| {
+            let g = g + l2 * p;
             *m = beta_1 * *m + (1.0 - beta_1) * g;
             *v = beta_2 * *v + (1.0 - beta_2) * g * g;
-            *p = *p * keep - step_size * *m / (v.sqrt() / bias_correction_2 + epsilon);
+            p * keep - step_size * *m / (v.sqrt() / bias_correction_2 + epsilon)
         }
     }
 }

@@ -69,14 +69,13 @@ mod flex {
 
     impl AdamOps for Flex {
         fn adam_update(
-            parameter: FlexTensor,
+            mut parameter: FlexTensor,
             grad: FlexTensor,
             moment_1: FlexTensor,
             moment_2: FlexTensor,
             step: AdamStep,
         ) -> (FlexTensor, FlexTensor, FlexTensor) {
-            let (mut parameter, mut moment_1, mut moment_2) =
-                (writable(parameter), writable(moment_1), writable(moment_2));
+            let (mut moment_1, mut moment_2) = (writable(moment_1), writable(moment_2));
             // Read in place when it is contiguous `f32`, held or not.
             let grad = match grad.as_slice::<f32>() {
                 Some(_) => grad,
@@ -90,29 +89,56 @@ mod flex {
                     "Adam state of another shape"
                 );
             }
-            step.apply(
-                values_mut(&mut parameter),
-                grad.as_slice::<f32>()
-                    .expect("contiguous f32, made so above"),
-                values_mut(&mut moment_1),
-                values_mut(&mut moment_2),
-            );
+            let grad = grad
+                .as_slice::<f32>()
+                .expect("contiguous f32, made so above");
+            let (moment_1_values, moment_2_values) =
+                (values_mut(&mut moment_1), values_mut(&mut moment_2));
+            // In training the parameter is held: burn-train's Learner keeps the model while
+            // the optimizer steps a clone of it. Its updated values then go to a new buffer
+            // in the same pass, instead of a copy made first and updated after.
+            let parameter = match (overwritable(&mut parameter), parameter.as_slice::<f32>()) {
+                (false, Some(values)) => {
+                    let mut updated = Vec::with_capacity(len);
+                    step.apply_into(
+                        values,
+                        &mut updated.spare_capacity_mut()[..len],
+                        grad,
+                        moment_1_values,
+                        moment_2_values,
+                    );
+                    // SAFETY: `apply_into` wrote all `len` values.
+                    unsafe { updated.set_len(len) };
+                    let shape = parameter.layout().shape().clone();
+                    FlexTensor::from_data(TensorData::new(updated, shape))
+                }
+                _ => {
+                    let mut parameter = writable(parameter);
+                    step.apply(
+                        values_mut(&mut parameter),
+                        grad,
+                        moment_1_values,
+                        moment_2_values,
+                    );
+                    parameter
+                }
+            };
             (parameter, moment_1, moment_2)
         }
     }
 
-    /// `tensor` itself when its values may be overwritten: an `f32` tensor that is its whole
-    /// buffer, in row-major order, and that no other tensor holds. Otherwise such a copy.
-    ///
-    /// The parameter is the held one in training: burn-train's Learner keeps the model while
-    /// the optimizer steps a clone of it. A contiguous `f32` parameter is then copied once,
-    /// straight from its buffer; through `into_data` it was copied three times, each into a
-    /// new allocation, every parameter every step.
-    fn writable(mut tensor: FlexTensor) -> FlexTensor {
+    /// Whether `tensor`'s values may be overwritten: an `f32` tensor that is its whole
+    /// buffer, in row-major order, and that no other tensor holds.
+    fn overwritable(tensor: &mut FlexTensor) -> bool {
         let whole = tensor.is_contiguous()
             && tensor.layout().start_offset() == 0
             && tensor.bytes().len() == tensor.layout().num_elements() * 4;
-        if tensor.dtype() == DType::F32 && whole && tensor.try_storage_mut::<f32>().is_some() {
+        tensor.dtype() == DType::F32 && whole && tensor.try_storage_mut::<f32>().is_some()
+    }
+
+    /// `tensor` itself when its values may be overwritten ([`overwritable`]), else such a copy.
+    fn writable(mut tensor: FlexTensor) -> FlexTensor {
+        if overwritable(&mut tensor) {
             return tensor;
         }
         let shape = tensor.layout().shape().clone();
