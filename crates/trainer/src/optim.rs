@@ -11,12 +11,13 @@
 //! The state is Burn's [`AdamState`], so checkpoints written with Burn's Adam or AdamW resume
 //! with this optimizer and the other way round.
 
+use std::mem::MaybeUninit;
+
 use burn::optim::{
     AdamConfig, AdamState, AdamW, AdamWConfig, AdamWState, LearningRate, Optimizer,
     decay::WeightDecayConfig,
 };
 use burn::tensor::{Device, Tensor};
-use std::mem::MaybeUninit;
 
 #[cfg(any(feature = "flex", feature = "tch"))]
 mod in_place;

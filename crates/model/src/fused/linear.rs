@@ -127,9 +127,6 @@ fn product(lhs: Matrix, rhs: Matrix, bias: Option<&[f32]>) -> FlexTensor {
         lhs.in_bounds() && rhs.in_bounds(),
         "matrices within their buffers"
     );
-    if let Some(bias) = bias {
-        assert_eq!(bias.len(), columns, "one bias per column");
-    }
     let len = rows * columns;
     let mut output = Vec::with_capacity(len);
     let parallelism = if rows * inner * columns >= PARALLEL_WORK {
@@ -169,6 +166,7 @@ fn product(lhs: Matrix, rhs: Matrix, bias: Option<&[f32]>) -> FlexTensor {
     // first took a `memcpy` call per row, a few per cent of the product. The sum is the same,
     // `product + bias`, rounded once.
     if let Some(bias) = bias {
+        assert_eq!(bias.len(), columns, "one bias per column");
         add_to_rows(&mut output, bias);
     }
     FlexTensor::from_data(TensorData::new(output, [rows, columns]))

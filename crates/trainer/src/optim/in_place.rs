@@ -97,8 +97,13 @@ mod flex {
             // In training the parameter is held: burn-train's Learner keeps the model while
             // the optimizer steps a clone of it. Its updated values then go to a new buffer
             // in the same pass, instead of a copy made first and updated after.
-            let parameter = match (overwritable(&mut parameter), parameter.as_slice::<f32>()) {
-                (false, Some(values)) => {
+            let held = if overwritable(&mut parameter) {
+                None
+            } else {
+                parameter.as_slice::<f32>()
+            };
+            let parameter = match held {
+                Some(values) => {
                     let mut updated = Vec::with_capacity(len);
                     step.apply_into(
                         values,
@@ -112,7 +117,7 @@ mod flex {
                     let shape = parameter.layout().shape().clone();
                     FlexTensor::from_data(TensorData::new(updated, shape))
                 }
-                _ => {
+                None => {
                     let mut parameter = writable(parameter);
                     step.apply(
                         values_mut(&mut parameter),
@@ -142,13 +147,8 @@ mod flex {
             return tensor;
         }
         let shape = tensor.layout().shape().clone();
-        let values = match tensor.as_slice::<f32>() {
-            Some(values) => values.to_vec(),
-            None => {
-                let data = tensor.into_data().convert::<f32>();
-                data.to_vec::<f32>().expect("converted to f32 just above")
-            }
-        };
+        let data = tensor.into_data().convert::<f32>();
+        let values = data.to_vec::<f32>().expect("converted to f32 just above");
         FlexTensor::from_data(TensorData::new(values, shape))
     }
 
