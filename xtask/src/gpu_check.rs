@@ -19,10 +19,28 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::{bench_command, run_status, setup, test_build_trainer};
+use crate::builds::{bench_command, run_status, test_build_trainer};
+use crate::setup;
 
 /// The GPU backends this check compares, in the bench's order.
 const GPU_BACKENDS: [&str; 2] = ["wgpu", "tch"];
+
+/// The arguments of `cargo xtask gpu-check`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run the same steps without a GPU (tch and PyTorch on the CPU, wgpu on any adapter).
+    #[arg(long)]
+    dry_run: bool,
+    /// The MNIST directory for the training run [default: the trainer's].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where the figures and runs go [default: artifacts/gpu-check-<unix time>].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Epochs of the tutorial run [default: 10, 1 with --dry-run].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    epochs: Option<u64>,
+}
 
 struct Options {
     dry_run: bool,
@@ -32,50 +50,27 @@ struct Options {
 }
 
 impl Options {
-    fn parse(args: &[String]) -> Result<Self, String> {
-        let mut dry_run = false;
-        let (mut data_dir, mut out, mut epochs) = (None, None, None);
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let mut value = |name: &str| {
-                args.next()
-                    .cloned()
-                    .ok_or_else(|| format!("gpu-check: {name} needs a value"))
-            };
-            match arg.as_str() {
-                "--dry-run" => dry_run = true,
-                "--data-dir" => data_dir = Some(PathBuf::from(value("--data-dir")?)),
-                "--out" => out = Some(PathBuf::from(value("--out")?)),
-                "--epochs" => {
-                    let text = value("--epochs")?;
-                    let parsed = text.parse().ok().filter(|&epochs: &usize| epochs > 0);
-                    epochs = Some(parsed.ok_or_else(|| {
-                        format!("gpu-check: --epochs `{text}` is not a positive whole number")
-                    })?);
-                }
-                other => {
-                    return Err(format!(
-                        "gpu-check takes --dry-run, --data-dir DIR, --out DIR and --epochs N, \
-                         not `{other}`"
-                    ));
-                }
-            }
-        }
+    /// `args` with the defaults filled in and the paths made absolute.
+    fn new(args: Args) -> Result<Self, String> {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_secs());
         let here = std::env::current_dir().map_err(|error| error.to_string())?;
+        let out = args
+            .out
+            .unwrap_or_else(|| format!("artifacts/gpu-check-{stamp}").into());
+        let default_epochs = if args.dry_run { 1 } else { 10 };
         Ok(Self {
-            dry_run,
-            data_dir: data_dir.map(|dir| here.join(dir)),
-            out: here.join(out.unwrap_or_else(|| format!("artifacts/gpu-check-{stamp}").into())),
-            epochs: epochs.unwrap_or(if dry_run { 1 } else { 10 }),
+            dry_run: args.dry_run,
+            data_dir: args.data_dir.map(|dir| here.join(dir)),
+            out: here.join(out),
+            epochs: args.epochs.map_or(default_epochs, |epochs| epochs as usize),
         })
     }
 }
 
-pub fn run(args: &[String]) -> Result<ExitCode, String> {
-    let options = Options::parse(args)?;
+pub fn run(args: Args) -> Result<ExitCode, String> {
+    let options = Options::new(args)?;
     let started = Instant::now();
     let step = |what: &str| eprintln!("== gpu-check: {what} ({} s)", started.elapsed().as_secs());
     let gpu = nvidia_gpu();
@@ -327,12 +322,21 @@ mod tests {
 
     #[test]
     fn options_take_their_values_and_refuse_the_unknown() {
-        let strings = |args: &[&str]| args.iter().map(ToString::to_string).collect::<Vec<_>>();
-        let options = Options::parse(&strings(&["--dry-run", "--out", "x"])).unwrap();
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: Args,
+        }
+        let parse = |args: &[&str]| {
+            let argv = std::iter::once("gpu-check").chain(args.iter().copied());
+            Command::try_parse_from(argv).map(|command| Options::new(command.args).unwrap())
+        };
+        let options = parse(&["--dry-run", "--out", "x"]).unwrap();
         assert!(options.dry_run && options.out.ends_with("x") && options.epochs == 1);
-        assert_eq!(Options::parse(&[]).unwrap().epochs, 10);
+        assert_eq!(parse(&[]).unwrap().epochs, 10);
         for bad in [&["--epochs", "0"][..], &["--epochs"], &["--gpu"]] {
-            assert!(Options::parse(&strings(bad)).is_err(), "{bad:?}");
+            assert!(parse(bad).is_err(), "{bad:?}");
         }
     }
 }

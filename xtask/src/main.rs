@@ -1,50 +1,82 @@
-//! Project commands, run as `cargo xtask <command>`:
-//!
-//! - `train [--backend B] [trainer args…]`: train (default config: the tutorial preset)
-//! - `eval  [--backend B] [trainer args…]`: evaluate a run on the test set (or its validation split)
-//! - `infer [--backend B] [trainer args…]`: predict digits of image files
-//! - `import [--backend B] [trainer args…]`: a run directory from PyTorch-made weights
-//! - `augment-preview [trainer args…]`: a PNG grid of augmented training images
-//! - `reference <check|train|fixture> [args…]`: the PyTorch reference, with the venv's Python
-//! - `setup [--backend B]…`: install what wgpu (a Vulkan driver) and tch (libtorch) need
-//! - `test [--backend B]… [cargo test args…]`: the workspace's tests, with every backend
-//! - `bench [--backend B]… [--rounds N] [--out FILE]`: speed and peak memory per backend beside
-//!   PyTorch eager, in interleaved rounds
-//! - `bench --criterion [criterion args…]`: the data pipeline against a training step (flex)
-//! - `bench --serve --run-dir R [--clients C] [--requests N] [--rounds N]`: requests/s and
-//!   latency of `serve`, batched and unbatched
-//! - `gpu-check [--dry-run] [--data-dir DIR] [--out DIR] [--epochs N]`: wgpu and tch on an
-//!   NVIDIA GPU beside PyTorch CUDA eager, and the tutorial on the faster (module `gpu_check`)
-//!
-//! Each trainer command builds and runs the trainer with exactly one backend's cargo feature,
-//! so the binary holds one backend only; the terminal is passed through so the training
-//! dashboard works.
+//! Project commands, run as `cargo xtask <command>` (`cargo xtask --help` lists them, one line
+//! each): the trainer's commands built with one backend's cargo feature (the binary holds that
+//! backend only, and the terminal is passed through so the training dashboard works), the
+//! tests and benchmarks in one build with every backend, setup, the PyTorch reference and the
+//! GPU check (module `gpu_check`).
 
 mod backend;
+mod builds;
 mod gpu_check;
 mod setup;
 
 use std::process::{Command, ExitCode};
 
-use backend::{BACKENDS, DEFAULT_BACKEND, Torch, prepare, take_backend, take_backends};
+use clap::{Parser, Subcommand};
 
-const TRAINER_COMMANDS: [&str; 7] = [
-    "train",
-    "eval",
-    "infer",
-    "explain",
-    "serve",
-    "import",
-    "augment-preview",
-];
+use backend::{BACKENDS, Torch, prepare, take_backend, take_backends};
+use builds::{bench_command, cargo, exit_code};
+
 /// The PyTorch twin of the model, run by `cargo xtask reference`.
 const REFERENCE_SCRIPT: &str = "tools/torch_reference.py";
 /// Always in the test build: the unit tests are written against them and they need nothing.
 const CPU_BACKENDS: [&str; 2] = ["flex", "ndarray"];
 
+/// Project commands. Trainer commands take `--backend flex|ndarray|wgpu|tch` (default flex)
+/// and pass the rest to the trainer: `cargo xtask train --help` lists its arguments.
+#[derive(Parser)]
+#[command(bin_name = "cargo xtask")]
+struct Xtask {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Train a model (default config: the tutorial preset).
+    Train(Passed),
+    /// Evaluate a run on the test set (or its validation split).
+    Eval(Passed),
+    /// Predict the digits of image files or IDX files.
+    Infer(Passed),
+    /// Draw what a model looks at in images of digits.
+    Explain(Passed),
+    /// Serve a model over HTTP: a drawing page and a JSON API.
+    Serve(Passed),
+    /// Make a run directory from PyTorch-made weights.
+    Import(Passed),
+    /// Draw a PNG grid of augmented training images.
+    AugmentPreview(Passed),
+    /// The PyTorch reference (`check|train|fixture`), with the venv's Python.
+    Reference(Passed),
+    /// Install what wgpu (a Vulkan driver) and tch (libtorch) need.
+    Setup {
+        /// A backend to prepare (repeat for several) [default: every one].
+        #[arg(
+            long = "backend",
+            value_name = "B",
+            value_parser = clap::builder::PossibleValuesParser::new(BACKENDS)
+        )]
+        backends: Vec<String>,
+    },
+    /// The workspace's tests in one build with every backend (`[--backend B]… [cargo test args…]`).
+    Test(Passed),
+    /// Speed and memory per backend beside PyTorch eager (`[--backend B]… [--rounds N] [--out
+    /// FILE]`; `--criterion [args…]`; `--serve --run-dir R …`).
+    Bench(Passed),
+    /// wgpu and tch on an NVIDIA GPU beside PyTorch CUDA eager, and the tutorial on the faster.
+    GpuCheck(gpu_check::Args),
+}
+
+/// Arguments handed on as they are, `--help` included.
+#[derive(clap::Args)]
+#[command(disable_help_flag = true)]
+struct Passed {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    match run(Xtask::parse().task) {
         Ok(code) => code,
         Err(message) => {
             eprintln!("error: {message}");
@@ -53,24 +85,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &[String]) -> Result<ExitCode, String> {
-    let Some((command, rest)) = args.split_first() else {
-        return Err(usage());
-    };
-    match command.as_str() {
-        "bench" => bench(rest),
-        "setup" => {
-            let (backends, rest) = take_backends(rest)?;
-            if let Some(unexpected) = rest.first() {
-                return Err(format!("setup takes only --backend, not `{unexpected}`"));
-            }
-            setup::run(&backends).map(|()| ExitCode::SUCCESS)
-        }
-        "test" => test(rest),
-        "gpu-check" => gpu_check::run(rest),
-        "reference" => reference(rest),
-        command if TRAINER_COMMANDS.contains(&command) => trainer(command, rest),
-        _ => Err(format!("unknown command `{command}`\n{}", usage())),
+fn run(task: Task) -> Result<ExitCode, String> {
+    match task {
+        Task::Train(passed) => trainer("train", &passed.args),
+        Task::Eval(passed) => trainer("eval", &passed.args),
+        Task::Infer(passed) => trainer("infer", &passed.args),
+        Task::Explain(passed) => trainer("explain", &passed.args),
+        Task::Serve(passed) => trainer("serve", &passed.args),
+        Task::Import(passed) => trainer("import", &passed.args),
+        Task::AugmentPreview(passed) => trainer("augment-preview", &passed.args),
+        Task::Reference(passed) => reference(&passed.args),
+        Task::Setup { backends } => setup::run(&backends).map(|()| ExitCode::SUCCESS),
+        Task::Test(passed) => test(&passed.args),
+        Task::Bench(passed) => bench(&passed.args),
+        Task::GpuCheck(args) => gpu_check::run(args),
     }
 }
 
@@ -157,157 +185,29 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
     exit_code(&mut bench_command(serve, args)?)
 }
 
-/// The `cargo bench` of the trainer's `backends` bench (`serve` false) or its `serve` bench,
-/// with `args` for it.
-fn bench_command(serve: bool, args: &[String]) -> Result<Command, String> {
-    let (backends, rest) = take_backends(args)?;
-    if serve && backends.len() > 1 {
-        return Err("bench --serve runs the server on one backend: name at most one".into());
-    }
-    let mut cargo = bench_build(serve)?;
-    cargo.arg("--");
-    let measured = if backends.is_empty() && !serve {
-        BACKENDS.iter().map(ToString::to_string).collect()
-    } else {
-        backends
-    };
-    for backend in &measured {
-        cargo.args(["--backend", backend]);
-    }
-    // cargo runs benches in their package's directory: make `--out`, `--config` and
-    // `--run-dir` mean what the user meant.
-    let here = std::env::current_dir().map_err(|error| error.to_string())?;
-    let mut rest = rest.into_iter();
-    while let Some(arg) = rest.next() {
-        let is_path = arg == "--out" || arg == "--config" || arg == "--run-dir";
-        cargo.arg(arg);
-        if is_path && let Some(path) = rest.next() {
-            cargo.arg(here.join(path));
-        }
-    }
-    Ok(cargo)
-}
-
-/// The `cargo bench` of the `backends` or `serve` bench without arguments for the bench, with
-/// every backend's environment. Built like the tests (every backend the test build holds), so
-/// nothing is rebuilt.
-fn bench_build(serve: bool) -> Result<Command, String> {
-    let mut cargo = cargo(&["bench", "--profile", "dev", "--workspace", "--bench"]);
-    cargo.arg(if serve { "serve" } else { "backends" });
-    cargo.args(["--features", "vit-trainer/wgpu,vit-trainer/tch"]);
-    for backend in BACKENDS {
-        prepare(backend, &mut cargo)?;
-    }
-    if let Some(python) = Torch::find().ok().and_then(|torch| torch.python()) {
-        cargo.env("VIT_BENCH_PYTHON", python);
-    }
-    Ok(cargo)
-}
-
-/// The trainer binary of the bench's build (every backend in one binary; `BURN_DEVICE` picks
-/// one), built if it is not there yet, with the environment of every backend and `args` for it.
-///
-/// `cargo build -p vit-trainer` would not do: without the test and bench targets cargo resolves
-/// Burn's features without the dev-dependencies and builds a second copy of Burn. So the binary
-/// comes from the bench's own build, `--no-run`, whose JSON messages name it.
-fn test_build_trainer(args: &[String]) -> Result<Command, String> {
-    let mut build = bench_build(false)?;
-    build.args([
-        "--no-run",
-        "--locked",
-        "--message-format",
-        "json-render-diagnostics",
-    ]);
-    build.stderr(std::process::Stdio::inherit());
-    let output = build
-        .output()
-        .map_err(|error| format!("cannot run {:?}: {error}", build.get_program()))?;
-    if !output.status.success() {
-        return Err(format!("the trainer's build failed ({})", output.status));
-    }
-    let binary = trainer_executable(&String::from_utf8_lossy(&output.stdout))
-        .ok_or("the trainer's build names no vit-trainer binary in its messages")?;
-    let mut trainer = Command::new(binary);
-    trainer.args(args);
-    trainer.envs(
-        build
-            .get_envs()
-            .filter_map(|(key, value)| Some((key, value?))),
-    );
-    Ok(trainer)
-}
-
-/// The `vit-trainer` binary's path in cargo's JSON messages (one JSON object per line).
-fn trainer_executable(messages: &str) -> Option<std::path::PathBuf> {
-    messages
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|message| message["reason"] == "compiler-artifact")
-        .filter(|message| message["target"]["name"] == "vit-trainer")
-        .filter(|message| {
-            let kinds = message["target"]["kind"].as_array();
-            kinds.is_some_and(|kinds| kinds.iter().any(|kind| kind == "bin"))
-        })
-        .find_map(|message| message["executable"].as_str().map(Into::into))
-}
-
-fn cargo(args: &[&str]) -> Command {
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command.args(args);
-    command
-}
-
-/// Runs `command` with the terminal passed through and returns its exit status.
-fn run_status(command: &mut Command) -> Result<std::process::ExitStatus, String> {
-    command
-        .status()
-        .map_err(|error| format!("cannot run {:?}: {error}", command.get_program()))
-}
-
-/// [`run_status`] as this program's exit code.
-fn exit_code(command: &mut Command) -> Result<ExitCode, String> {
-    let status = run_status(command)?;
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        None => ExitCode::FAILURE,
-    })
-}
-
-fn usage() -> String {
-    format!(
-        "usage: cargo xtask <{}> [--backend {}] [args…]\n       \
-         cargo xtask setup [--backend B]…\n       \
-         cargo xtask test [--backend B]… [cargo test args…]\n       \
-         cargo xtask reference <check|train|fixture> [args…]\n       \
-         cargo xtask bench [--backend B]… [--rounds N] [--out FILE] | bench --criterion [args…]\n       \
-         cargo xtask bench --serve --run-dir R [--backend B] [--clients C] [--requests N]\n       \
-         cargo xtask gpu-check [--dry-run] [--data-dir DIR] [--out DIR] [--epochs N]\n\
-         (default backend: {DEFAULT_BACKEND}; `cargo xtask train --help` lists the trainer's arguments)",
-        TRAINER_COMMANDS.join("|"),
-        BACKENDS.join("|"),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// clap's own consistency checks of the command line (names, conflicts, defaults).
     #[test]
-    fn the_trainer_binary_is_found_among_cargo_messages() {
-        let messages = [
-            r#"{"reason":"compiler-artifact","target":{"name":"vit-trainer","kind":["lib"]},"executable":null}"#,
-            "not JSON: a line cargo's build script printed",
-            r#"{"reason":"compiler-artifact","target":{"name":"backends","kind":["bench"]},"executable":"/t/deps/backends-1"}"#,
-            r#"{"reason":"compiler-artifact","target":{"name":"vit-trainer","kind":["bin"]},"executable":"/t/debug/vit-trainer"}"#,
-            r#"{"reason":"build-finished","success":true}"#,
-        ]
-        .join("\n");
-        let found = trainer_executable(&messages);
-        assert_eq!(found, Some("/t/debug/vit-trainer".into()));
-        assert_eq!(
-            trainer_executable(&messages.lines().take(3).collect::<Vec<_>>().join("\n")),
-            None
-        );
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Xtask::command().debug_assert();
     }
+
+    /// Trainer commands hand every argument on, `--help` and hyphenated values included.
+    #[test]
+    fn trainer_commands_pass_their_arguments_on() {
+        let parsed = Xtask::try_parse_from(["xtask", "train", "--backend", "tch", "--help"]);
+        let Ok(Xtask {
+            task: Task::Train(passed),
+        }) = parsed
+        else {
+            panic!("train did not parse");
+        };
+        assert_eq!(passed.args, ["--backend", "tch", "--help"]);
+        assert!(Xtask::try_parse_from(["xtask", "no-such-task"]).is_err());
+    }
+
 }

@@ -100,7 +100,7 @@ pub fn fetch_file(
         });
         match outcome {
             Ok((bytes, found)) if found == sha256 => {
-                vit_model::artifact::write_atomically(&target, |file| file.write_all(&bytes))
+                vit_model::files::write_atomically(&target, |file| file.write_all(&bytes))
                     .map_err(|source| DataError::Io {
                         path: target.clone(),
                         source,

@@ -17,7 +17,7 @@ use burn::prelude::*;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
-use crate::artifact::ArtifactError;
+use crate::files::{ArtifactError, write_bytes};
 use crate::{Vit, VitConfig};
 
 /// The probe's tensor of normalised input images `[n, channels, size, size]`.
@@ -36,7 +36,7 @@ pub fn export_safetensors(model: &Vit, path: &Path) -> Result<(), ArtifactError>
         .save_into(&mut store)
         .map_err(|error| io_error(path, error))?;
     let bytes = store.get_bytes().map_err(|error| io_error(path, error))?;
-    crate::artifact::write_bytes(path, &bytes)
+    write_bytes(path, &bytes)
 }
 
 /// Builds the network of `config` on `device` with the weights of the safetensors file at
@@ -110,7 +110,7 @@ impl Probe {
         let metadata = HashMap::from([("tolerance".to_string(), PROBE_TOLERANCE.to_string())]);
         let bytes = safetensors::serialize(tensors, Some(metadata))
             .map_err(|error| io_error(path, error))?;
-        crate::artifact::write_bytes(path, &bytes)
+        write_bytes(path, &bytes)
     }
 
     pub fn load(path: &Path, device: &Device) -> Result<Self, ArtifactError> {

@@ -13,18 +13,18 @@
 //! - [`Views`]: test-time augmentation, probabilities averaged over one-pixel shifts.
 //! - [`interchange`] moves weights to and from PyTorch as safetensors.
 //! - [`input`] is the pixel normalisation the network was trained with.
-//! - [`fused`]: LayerNorm and softmax as single operations with their own backward passes.
-//! - [`slices`]: a batch cut into one slice per core on the CPU backends, run side by side.
+//! - [`files`]: files written whole or not at all.
+//!
+//! The layers run as the single operations of `vit-ops` (the kernels live there, not here).
 
 pub mod artifact;
 mod config;
 pub mod explain;
-pub mod fused;
+pub mod files;
 pub mod input;
 pub mod interchange;
 pub mod mnist_style;
 mod predict;
-pub mod slices;
 mod views;
 mod vit;
 

@@ -12,7 +12,9 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
-use crate::{ConfigError, VitConfig, fused, slices};
+use vit_ops::slices;
+
+use crate::{ConfigError, VitConfig};
 
 /// The LayerNorms' epsilon: PyTorch's default, as in the tutorial.
 const LAYER_NORM_EPSILON: f64 = 1e-5;
@@ -135,7 +137,7 @@ impl Vit {
     fn embed(&self, images: Tensor<4>) -> (Tensor<2>, usize, usize) {
         // [batch, patch channels, height, width]
         let images = self.stem.iter().fold(images, |map, convolution| {
-            fused::gelu(convolution.forward(map))
+            vit_ops::gelu(convolution.forward(map))
         });
         let [batch, channels, height, width] = images.dims();
         let patch = self.patch_size;
@@ -150,7 +152,7 @@ impl Vit {
             .reshape([batch * rows * cols, patch * patch * channels]); // [batch * 16, 49] (tutorial)
         let [_, _, dim] = self.position_embedding.dims();
         // [batch, 16, dim]
-        let tokens = apply(&self.patch_embedding, patches).reshape([batch, rows * cols, dim]);
+        let tokens = vit_ops::linear(&self.patch_embedding, patches).reshape([batch, rows * cols, dim]);
 
         let class_token = self.class_token.val().repeat_dim(0, batch); // [batch, 1, dim]
         let x = Tensor::cat(vec![class_token, tokens], 1) + self.position_embedding.val();
@@ -208,7 +210,8 @@ impl EncoderBlock {
     /// It returns the outputs of the first `kept` tokens of each image, `[batch * kept, dim]`.
     fn forward(&self, x: Tensor<2>, batch: usize, kept: usize) -> Tensor<2> {
         let normed = normalize(&self.attention_norm, x.clone());
-        let x = first_tokens(x, batch, kept) + self_attention(&self.attention, normed, batch, kept);
+        let attended = vit_ops::self_attention(&self.attention, normed, batch, kept);
+        let x = first_tokens(x, batch, kept) + attended;
         let normed = normalize(&self.mlp_norm, x.clone());
         x + feed_forward(&self.mlp, normed)
     }
@@ -216,37 +219,25 @@ impl EncoderBlock {
     /// [`EncoderBlock::forward`] for every token, with the attention weights `[batch, heads,
     /// tokens, tokens]`.
     fn forward_with_attention(&self, x: Tensor<2>, batch: usize) -> (Tensor<2>, Tensor<4>) {
-        let tokens = x.dims()[0] / batch;
         let normed = normalize(&self.attention_norm, x.clone());
-        let qkv = projections(&self.attention, normed, None);
-        let heads = self.attention.n_heads;
-        let (context, weights) =
-            fused::attention_and_weights(qkv, batch, heads, tokens, &self.attention.dropout);
-        let x = x + apply(&self.attention.output, context);
+        let (attended, weights) =
+            vit_ops::self_attention_with_weights(&self.attention, normed, batch);
+        let x = x + attended;
         let normed = normalize(&self.mlp_norm, x.clone());
         (x + feed_forward(&self.mlp, normed), weights)
     }
 }
 
-/// Burn's `PositionWiseFeedForward` (Linear → GELU, its default activation, which the config
-/// keeps → dropout → Linear) with the fused GELU.
+/// Burn's `PositionWiseFeedForward`: Linear → GELU (its default activation, which the config
+/// keeps) → dropout → Linear.
 fn feed_forward(mlp: &PositionWiseFeedForward, x: Tensor<2>) -> Tensor<2> {
-    let hidden = fused::gelu(apply(&mlp.linear_inner, x));
-    apply(&mlp.linear_outer, mlp.dropout.forward(hidden))
+    let hidden = vit_ops::gelu(vit_ops::linear(&mlp.linear_inner, x));
+    vit_ops::linear(&mlp.linear_outer, mlp.dropout.forward(hidden))
 }
 
-/// `layer.forward(x)` as [`fused::linear`]: one operation with its own backward step.
-fn apply(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
-    let bias = layer.bias.as_ref().map(|bias| bias.val());
-    fused::linear(x, layer.weight.val(), bias)
-}
-
-/// `layer` applied to the rows of `x`, as one fused operation where the backend has it.
+/// `layer` applied to the rows of `x`.
 fn normalize(layer: &LayerNorm, x: Tensor<2>) -> Tensor<2> {
-    match &layer.beta {
-        Some(beta) => fused::layer_norm(x, layer.gamma.val(), beta.val(), LAYER_NORM_EPSILON),
-        None => layer.forward(x),
-    }
+    vit_ops::layer_norm(layer, x, LAYER_NORM_EPSILON)
 }
 
 /// The rows of the first `kept` tokens of each of `batch` images in `x` `[batch * tokens, dim]`.
@@ -261,92 +252,9 @@ fn first_tokens(x: Tensor<2>, batch: usize, kept: usize) -> Tensor<2> {
         .reshape([batch * kept, dim])
 }
 
-/// Self-attention over the tokens of `batch` images, stacked as rows `[batch * tokens, dim]`,
-/// for the first `kept` tokens of each image: `[batch * kept, dim]`.
-///
-/// It uses the parameters of Burn's `MultiHeadAttention`, so records and exported names stay
-/// `query`, `key`, `value` and `output`, but takes fewer and larger operations than its
-/// `forward`: one matrix product makes the queries, keys and values of all heads, and the
-/// `1/sqrt(head_dim)` scale is folded into the query weights (a `dim × dim` product) instead
-/// of dividing every attention score.
-fn self_attention(
-    attention: &MultiHeadAttention,
-    x: Tensor<2>,
-    batch: usize,
-    kept: usize,
-) -> Tensor<2> {
-    let heads = attention.n_heads;
-    let head_dim = attention.d_k;
-    let [rows, dim] = x.dims();
-    // The fused attention reads and writes each token's heads in lanes: reorder whichever
-    // holds fewer values, the weights' columns and rows (`4 · dim²` values) or the
-    // activations (`4 · dim` per row, `fused::attention`: under `dim` rows, as in a
-    // prediction of one to three images).
-    if rows >= dim && fused::attention_is_fused(&x, heads, head_dim, &attention.dropout) {
-        let qkv = projections(attention, x, Some((heads, head_dim)));
-        let context = fused::attention_in_lanes(qkv, batch, heads, kept);
-        let output = &attention.output;
-        let weight = fused::rows_in_lanes(output.weight.val(), heads, head_dim);
-        return fused::linear(context, weight, output.bias.as_ref().map(|bias| bias.val()));
-    }
-    let qkv = projections(attention, x, None);
-    let context = fused::attention(qkv, batch, heads, kept, &attention.dropout);
-    apply(&attention.output, context)
-}
-
-/// The queries (scaled by `1/sqrt(head_dim)`), keys and values of every head for the rows of
-/// `x`, in one matrix product: `[rows, 3 * dim]`; within each of the three, the columns in
-/// head-lane order ([`fused::columns_in_lanes`]) when `lanes` gives the `(heads, head_dim)`.
-fn projections(
-    attention: &MultiHeadAttention,
-    x: Tensor<2>,
-    lanes: Option<(usize, usize)>,
-) -> Tensor<2> {
-    let dim = x.dims()[1];
-    let scale = 1.0 / (attention.d_k as f32).sqrt();
-    let projections = [
-        (&attention.query, scale),
-        (&attention.key, 1.0),
-        (&attention.value, 1.0),
-    ];
-    let weights = projections
-        .iter()
-        .map(|(linear, factor)| scaled(linear.weight.val(), *factor)); // [dim, dim] each
-    let weight = Tensor::cat(weights.collect(), 1); // [dim, 3 * dim]
-    let bias = projections
-        .iter()
-        .any(|(linear, _)| linear.bias.is_some())
-        .then(|| {
-            let biases = projections
-                .iter()
-                .map(|(linear, factor)| match &linear.bias {
-                    Some(bias) => scaled(bias.val(), *factor),
-                    None => Tensor::zeros([dim], &x.device()),
-                });
-            Tensor::cat(biases.collect(), 0).unsqueeze::<2>() // [1, 3 * dim]
-        });
-    let (weight, bias) = match lanes {
-        Some((heads, head_dim)) => (
-            fused::columns_in_lanes(weight, heads, head_dim),
-            bias.map(|bias| fused::columns_in_lanes(bias, heads, head_dim)),
-        ),
-        None => (weight, bias),
-    };
-    fused::linear(x, weight, bias.map(|bias| bias.reshape([3 * dim]))) // [rows, 3 * dim]
-}
-
-/// `tensor · factor`, with no operation (and no backward step) for a factor of 1.
-fn scaled<const D: usize>(tensor: Tensor<D>, factor: f32) -> Tensor<D> {
-    if factor == 1.0 {
-        tensor
-    } else {
-        tensor.mul_scalar(factor)
-    }
-}
-
 impl MlpHead {
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        apply(&self.output, fused::gelu(apply(&self.hidden, x)))
+        vit_ops::linear(&self.output, vit_ops::gelu(vit_ops::linear(&self.hidden, x)))
     }
 }
 

@@ -12,21 +12,9 @@ use burn::prelude::*;
 pub const DEVICE_VARIABLE: &str = "BURN_DEVICE";
 
 /// The backends this build holds, by name, with a device of each, in the order Burn prefers
-/// them. Devices start lazily: listing them runs nothing. The one list of compiled backends
-/// (the trainer, the benchmark and the agreement tests all use it).
-#[allow(deprecated)]
-pub fn compiled_devices() -> Vec<(&'static str, Device)> {
-    let mut devices = Vec::new();
-    #[cfg(feature = "wgpu")]
-    devices.push(("wgpu", Device::wgpu(Default::default())));
-    #[cfg(feature = "tch")]
-    devices.push(("tch", Device::libtorch()));
-    #[cfg(feature = "flex")]
-    devices.push(("flex", Device::flex()));
-    #[cfg(feature = "ndarray")]
-    devices.push(("ndarray", Device::ndarray()));
-    devices
-}
+/// them (the features of `vit-ops`, which are this crate's). The one list of compiled backends:
+/// the trainer, the benchmark and the agreement tests all use it.
+pub use vit_ops::compiled_devices;
 
 /// The names of [`compiled_devices`].
 pub fn compiled() -> Vec<&'static str> {

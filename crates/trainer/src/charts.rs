@@ -232,7 +232,7 @@ pub(crate) fn save_rgb(
 
 /// Writes `image` as a PNG file, atomically.
 pub fn save_png(path: &Path, image: &image::DynamicImage) -> anyhow::Result<()> {
-    vit_model::artifact::write_atomically(path, |file| {
+    vit_model::files::write_atomically(path, |file| {
         image
             .write_with_encoder(image::codecs::png::PngEncoder::new(file))
             .map_err(std::io::Error::other)

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use vit_data::DataConfig;
 use vit_data::augment::AugmentConfig;
 use vit_model::VitConfig;
-use vit_trainer::optim::{Adam, AdamSettings, WeightDecay};
+use vit_ops::{Adam, AdamSettings, WeightDecay};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use burn::prelude::*;
 use burn::train::Interrupter;
 
+use crate::test_hooks;
+
 /// Where the loss first stopped being finite.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Divergence {
@@ -38,23 +40,18 @@ struct GuardState {
     first_epoch: AtomicUsize,
     steps: AtomicUsize,
     divergence: Mutex<Option<Divergence>>,
-    /// Test hook: pretend the loss is NaN from this global step on (see `INJECT_NAN_VAR`).
+    /// Test hook: pretend the loss is NaN from this global step on (see
+    /// [`crate::test_hooks::INJECT_NAN_VAR`]).
     inject_at: Option<usize>,
-    /// Test hook: end the process at this (epoch, step) (see [`crate::fault`]).
+    /// Test hook: end the process at this (epoch, step) (see [`crate::test_hooks`]).
     kill_at: Option<(usize, usize)>,
 }
 
-/// Set to N to make the guard see a NaN loss at the N-th step of the run: the only way to test
-/// the divergence path end to end without a recipe that happens to diverge.
-pub const INJECT_NAN_VAR: &str = "VIT_TRAINER_INJECT_NAN_AT_STEP";
-
 impl DivergenceGuard {
     pub fn new() -> Self {
-        let inject_at = std::env::var(INJECT_NAN_VAR)
-            .ok()
-            .and_then(|step| step.parse().ok());
-        let kill_at = match crate::fault::KillPoint::from_env() {
-            Some(crate::fault::KillPoint::Step { epoch, step }) => Some((epoch, step)),
+        let inject_at = test_hooks::nan_at_step();
+        let kill_at = match test_hooks::KillPoint::from_env() {
+            Some(test_hooks::KillPoint::Step { epoch, step }) => Some((epoch, step)),
             _ => None,
         };
         Self {
@@ -88,7 +85,7 @@ impl DivergenceGuard {
         if let Some((epoch, step)) = self.state.kill_at
             && self.position(index) == (epoch, step)
         {
-            crate::fault::kill(&format!("epoch {epoch}, step {step}"));
+            test_hooks::kill(&format!("epoch {epoch}, step {step}"));
         }
     }
 

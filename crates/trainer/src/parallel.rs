@@ -4,14 +4,14 @@
 //! Each slice runs on a fork of the model (its own autodiff graph, so that the backward passes
 //! do not queue on one graph's lock), with its loss weighted by its share of the batch: the sum
 //! of the slices' gradients is the whole batch's, up to the order of float additions. The
-//! cutting and the threads are `vit_model::slices`, which `Vit::predict` uses too.
+//! cutting and the threads are `vit_ops::slices`, which `Vit::predict` uses too.
 
 use std::ops::Range;
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
-use vit_model::slices;
+use vit_ops::slices;
 
 /// Fewest images in a slice: below this, a slice's own overhead would outweigh the thread.
 const MIN_SLICE: usize = 16;

@@ -187,7 +187,7 @@ impl RunDir {
     pub fn write_json(&self, name: &str, value: &impl Serialize) -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(value)?;
         let path = self.path.join(name);
-        artifact::write_atomically(&path, |file| file.write_all(json.as_bytes()))
+        vit_model::files::write_atomically(&path, |file| file.write_all(json.as_bytes()))
             .with_context(|| format!("cannot write {}", path.display()))
     }
 

@@ -10,7 +10,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
 use vit_model::Vit;
-use vit_trainer::optim::{Adam, AdamSettings, WeightDecay};
+use vit_ops::{Adam, AdamSettings, WeightDecay};
 use vit_trainer::parallel::{sliced_gradients, step_slices};
 
 use crate::workload::Workload;

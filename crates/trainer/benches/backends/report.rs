@@ -223,7 +223,7 @@ impl Report {
             std::fs::create_dir_all(dir).map_err(|error| format!("{}: {error}", dir.display()))?;
         }
         let json = serde_json::to_string_pretty(self).expect("report serialises");
-        vit_model::artifact::write_atomically(path, |file| file.write_all(json.as_bytes()))
+        vit_model::files::write_atomically(path, |file| file.write_all(json.as_bytes()))
             .map_err(|error| format!("{}: {error}", path.display()))
     }
 }

@@ -27,11 +27,6 @@ use inference::{Inference, Refusal};
 pub const MAX_BODY: usize = 1 << 20;
 /// Largest body read and dropped before a 413; beyond it the connection is closed.
 const DRAIN_LIMIT: usize = 16 << 20;
-/// Test hooks, on when this variable is set: a request with the header `x-test-panic` panics
-/// in its handler; one with `x-test-hold-ms: N` keeps the model's thread asleep N ms when it
-/// takes the request, so that the queue fills.
-pub const TEST_HOOKS_VAR: &str = "VIT_TRAINER_SERVE_TEST_HOOKS";
-
 const PAGE: &str = include_str!("page.html");
 
 #[derive(Clone)]
@@ -53,7 +48,7 @@ pub fn serve(
     let app = App {
         inference: Inference::start(vit, device, batching),
         model,
-        test_hooks: std::env::var_os(TEST_HOOKS_VAR).is_some(),
+        test_hooks: crate::test_hooks::serve_hooks(),
     };
     let router = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
@@ -116,7 +111,10 @@ async fn describe(State(app): State<App>) -> Json<Value> {
 
 async fn predict(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
     if app.test_hooks && headers.contains_key("x-test-panic") {
-        panic!("{TEST_HOOKS_VAR}: a handler panics on request");
+        panic!(
+            "{}: a handler panics on request",
+            crate::test_hooks::SERVE_HOOKS_VAR
+        );
     }
     let hold = app
         .test_hooks

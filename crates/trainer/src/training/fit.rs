@@ -23,7 +23,8 @@ use vit_data::augment::AugmentedDataset;
 use vit_data::epochs::{EpochClock, EpochShuffled, epoch_seed};
 use vit_data::{MnistBatch, MnistBatcher, MnistItem};
 
-use super::{Classifier, Prepared};
+use super::classifier::Classifier;
+use super::prepare::Prepared;
 use crate::config::TrainingConfig;
 use crate::guard::DivergenceGuard;
 use crate::history::{self, EpochMetrics};

@@ -11,9 +11,9 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use vit_data::MnistDataset;
 use vit_model::{Views, Vit};
-use vit_trainer::averaging;
+use crate::averaging;
 
-use super::Classifier;
+use super::classifier::Classifier;
 use crate::config::TrainingConfig;
 use crate::evaluation::evaluate;
 use crate::guard::DivergenceGuard;

@@ -1,6 +1,6 @@
 //! What a finished run prints: what was exported, how it did, and where the files are.
 
-use super::RunReport;
+use super::report::RunReport;
 use crate::renderer::minutes_seconds;
 use crate::run_dir::RunDir;
 

@@ -1,20 +1,12 @@
 //! LayerNorm's and softmax's backward passes on tch: libtorch's own kernels, the ones PyTorch's
 //! autograd runs for these two operations.
 
-use super::FusedOps;
+use crate::FusedOps;
 use burn::backend::LibTorch;
 use burn::backend::libtorch::TchTensor;
 use burn::backend::tensor::FloatTensor;
 
 impl FusedOps for LibTorch {
-    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        <Self as burn::backend::ops::ActivationOps<Self>>::gelu(x)
-    }
-
-    fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        <Self as burn::backend::ops::ActivationOps<Self>>::gelu_backward(x, grad)
-    }
-
     fn layer_norm_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,

@@ -26,7 +26,7 @@ use burn::backend::{Backend, TensorMetadata};
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use super::host::{host, new_tensor};
+use super::buffers::{host, new_tensor};
 use super::vectors::Vectors;
 use super::{simd, tasks};
 
@@ -36,7 +36,7 @@ const IMAGES_PER_TASK: usize = 4;
 /// The sizes of one attention call, from the projection `[images * tokens, 3 * dim]` in
 /// head-lane order (module docs); the queries are already scaled by `1/sqrt(head_dim)`.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Sizes {
+pub(crate) struct Sizes {
     pub images: usize,
     pub tokens: usize,
     /// Tokens whose outputs are wanted: the first `kept` of each image.
@@ -78,9 +78,9 @@ impl Sizes {
     }
 }
 
-/// [`super::FusedOps::transpose_groups`] on the host: one pass that copies each run of `width`
+/// [`crate::HostOps::transpose_groups`] on the host: one pass that copies each run of `width`
 /// values to its place.
-pub(super) fn host_transpose_groups<B: Backend>(
+pub(crate) fn host_transpose_groups<B: Backend>(
     x: FloatTensor<B>,
     rows: usize,
     columns: usize,
@@ -124,7 +124,7 @@ pub(super) fn host_transpose_groups<B: Backend>(
 
 /// The context `[images * kept, dim]` (head-lane order) and, when `keep_weights`, the
 /// attention weights `[images, kept, tokens, heads]` for the backward pass.
-pub(super) fn host_attention<B: Backend>(
+pub(crate) fn host_attention<B: Backend>(
     qkv: FloatTensor<B>,
     sizes: Sizes,
     keep_weights: bool,
@@ -159,7 +159,7 @@ pub(super) fn host_attention<B: Backend>(
 
 /// The gradient of the projection `[images * tokens, 3 * dim]`, from the projection, the
 /// attention weights of the forward pass and the gradient of the context (head-lane order).
-pub(super) fn host_attention_backward<B: Backend>(
+pub(crate) fn host_attention_backward<B: Backend>(
     qkv: FloatTensor<B>,
     weights: FloatTensor<B>,
     grad: FloatTensor<B>,
@@ -189,7 +189,7 @@ pub(super) fn host_attention_backward<B: Backend>(
 macro_rules! kernels {
     ($(($heads:literal, $head_dim:literal)),* $(,)?) => {
         /// Whether a kernel exists for `heads` heads of `head_dim` values.
-        pub(super) fn supported(heads: usize, head_dim: usize) -> bool {
+        pub(crate) fn supported(heads: usize, head_dim: usize) -> bool {
             matches!((heads, head_dim), $(($heads, $head_dim))|*)
         }
 
@@ -465,7 +465,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx2_kernels_agree_with_the_lane_loops() {
-        use crate::fused::vectors::{Avx2, Plain};
+        use crate::host::vectors::{Avx2, Plain};
         let Some(avx2) = Avx2::detect() else {
             eprintln!("this CPU has no AVX2: only the lane loops run here");
             return;

@@ -1,77 +1,25 @@
-//! The backward passes of the fused operations for backends without kernels of their own: one
-//! sweep over the rows on the host (flex, ndarray), or a composed form that stays on the device.
+//! LayerNorm's and softmax's backward passes on the host (flex, ndarray): one sweep over the
+//! rows each.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata};
 use burn::tensor::{DType, TensorData};
 
-use super::host::host;
+use super::buffers::host;
 use super::{simd, tasks};
-
-/// LayerNorm's backward pass from primitive operations, for backends without a better one:
-/// with `x̂ = (x - mean) · rstd` and `g = grad · gamma`,
-/// `dx = rstd · (g - mean(g) - x̂ · mean(g · x̂))`, `dgamma = Σ grad · x̂`, `dbeta = Σ grad`.
-pub(super) fn composed_layer_norm_backward<B: Backend>(
-    x: FloatTensor<B>,
-    gamma: FloatTensor<B>,
-    grad: FloatTensor<B>,
-    epsilon: f64,
-) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-    let shape = x.shape();
-    let last = shape.num_dims() - 1;
-    let features = shape[last];
-    let rows = shape.num_elements() / features;
-    let x = B::float_reshape(x, [rows, features].into());
-    let grad = B::float_reshape(grad, [rows, features].into());
-    let gamma = B::float_reshape(gamma, [1, features].into());
-
-    let mean = B::float_mean_dim(x.clone(), 1);
-    let centered = B::float_sub(x, mean);
-    let variance = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), 1);
-    let rstd = B::float_powf_scalar(B::float_add_scalar(variance, epsilon.into()), (-0.5).into());
-    let normalized = B::float_mul(centered, rstd.clone());
-
-    let scaled = B::float_mul(grad.clone(), gamma);
-    let scaled_mean = B::float_mean_dim(scaled.clone(), 1);
-    let projection = B::float_mean_dim(B::float_mul(scaled.clone(), normalized.clone()), 1);
-    let grad_x = B::float_mul(
-        B::float_sub(
-            B::float_sub(scaled, scaled_mean),
-            B::float_mul(normalized.clone(), projection),
-        ),
-        rstd,
-    );
-    let grad_gamma = B::float_sum_dim(B::float_mul(grad.clone(), normalized), 0);
-    let grad_beta = B::float_sum_dim(grad, 0);
-    (
-        B::float_reshape(grad_x, shape),
-        B::float_reshape(grad_gamma, [features].into()),
-        B::float_reshape(grad_beta, [features].into()),
-    )
-}
-
-/// Softmax's backward pass from primitive operations: `dx = y · (grad - Σ grad · y)`.
-pub(super) fn composed_softmax_backward<B: Backend>(
-    output: FloatTensor<B>,
-    grad: FloatTensor<B>,
-) -> FloatTensor<B> {
-    let last = output.shape().num_dims() - 1;
-    let projection = B::float_sum_dim(B::float_mul(grad.clone(), output.clone()), last);
-    B::float_mul(output, B::float_sub(grad, projection))
-}
 
 /// Rows handed to one task of the host kernels: enough work to outweigh a task's cost.
 const ROWS_PER_TASK: usize = 64;
 
 /// Whether every tensor holds `f32`, the one type the host kernels read.
-pub(super) fn all_f32<B: Backend>(tensors: &[&FloatTensor<B>]) -> bool {
+pub(crate) fn all_f32<B: Backend>(tensors: &[&FloatTensor<B>]) -> bool {
     tensors.iter().all(|tensor| tensor.dtype() == DType::F32)
 }
 
 /// LayerNorm's backward pass in one sweep over the rows, on the host, for `f32` tensors.
 /// The tensors are taken by value, so that a backend holding the only reference hands over its
 /// buffer instead of a copy.
-pub(super) fn host_layer_norm_backward<B: Backend>(
+pub(crate) fn host_layer_norm_backward<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     grad: FloatTensor<B>,
@@ -168,7 +116,7 @@ fn layer_norm_rows_backward_body(
 
 /// Softmax's backward pass along the last dimension in one sweep, on the host, for `f32`
 /// tensors.
-pub(super) fn host_softmax_backward<B: Backend>(
+pub(crate) fn host_softmax_backward<B: Backend>(
     output: FloatTensor<B>,
     grad: FloatTensor<B>,
 ) -> FloatTensor<B> {

@@ -21,7 +21,7 @@ const PARALLEL_WORK: usize = 192 * 192 * 192;
 
 /// `x · weight + bias`: [`product`] where it reads both as matrices (and the bias as one row),
 /// flex's own `linear` otherwise (more than 2 dimensions, another float type).
-pub(super) fn linear(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
+pub(crate) fn linear(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
     let bias_values = match &bias {
         Some(bias) => bias.as_slice::<f32>().map(Some),
         None => Some(None),
@@ -33,7 +33,7 @@ pub(super) fn linear(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>
 }
 
 /// The gradient of [`linear`] for `x`: `grad · weightᵀ`.
-pub(super) fn x_gradient(weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
+pub(crate) fn x_gradient(weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
     match (Matrix::of(&grad), Matrix::of(&weight)) {
         (Some(grad), Some(weight)) => product(grad, weight.transposed(), None),
         _ => Flex::linear_x_backward(weight, grad),
@@ -41,7 +41,7 @@ pub(super) fn x_gradient(weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
 }
 
 /// The gradient of [`linear`] for its weight: `xᵀ · grad`.
-pub(super) fn weight_gradient(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+pub(crate) fn weight_gradient(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
     match (Matrix::of(&x), Matrix::of(&grad)) {
         (Some(x), Some(grad)) => product(x.transposed(), grad, None),
         _ => Flex::linear_weight_backward(x, grad),
@@ -49,7 +49,7 @@ pub(super) fn weight_gradient(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
 }
 
 /// The gradient of [`linear`] for its bias: the sum of `grad`'s rows.
-pub(super) fn bias_gradient(grad: FlexTensor) -> FlexTensor {
+pub(crate) fn bias_gradient(grad: FlexTensor) -> FlexTensor {
     match Matrix::of(&grad) {
         Some(matrix) => {
             let sums = column_sums(matrix);

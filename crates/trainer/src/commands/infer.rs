@@ -1,11 +1,73 @@
 //! `infer`: the predicted digit and class probabilities for image files or an IDX file.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use burn::tensor::Device;
 use vit_data::{IMAGE_SIDE, idx};
 use vit_model::mnist_style;
+
+use super::args::{RunArgs, views};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Image files, or IDX image files (`*-idx3-ubyte[.gz]`).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// At most this many images from each IDX file.
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    /// Average each prediction over the image and its four one-pixel shifts.
+    #[arg(long)]
+    tta: bool,
+    /// One JSON object per line and image (path, digit, probabilities) or per bad file
+    /// (path, error), for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn exec(args: Args, device: &Device) -> anyhow::Result<()> {
+    let run = args.run.open()?;
+    let predictor = vit_model::load(run.path(), device)
+        .with_context(|| format!("cannot load the model of {}", run.path().display()))?
+        .with_views(views(args.tta));
+    // Every good file is answered; each bad one is an error line, and the exit code says
+    // whether there was any.
+    let mut failed = 0;
+    for path in &args.files {
+        let answered = read_file(path, args.limit).and_then(|inputs| {
+            let rows = predictor.predict(&pixels(&inputs))?;
+            Ok(inputs.into_iter().zip(rows).collect::<Vec<_>>())
+        });
+        match answered {
+            Ok(answers) => {
+                for (input, probabilities) in answers {
+                    let line = if args.json {
+                        describe_json(&input, &probabilities)
+                    } else {
+                        describe(&input, &probabilities)
+                    };
+                    println!("{line}");
+                }
+            }
+            Err(error) if args.json => {
+                failed += 1;
+                println!("{}", error_json(path, &error));
+            }
+            Err(error) => {
+                failed += 1;
+                eprintln!("error: {error:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} files gave no prediction", args.files.len());
+    }
+    Ok(())
+}
 
 const PNG_MAGIC: &[u8] = b"\x89PNG";
 const JPEG_MAGIC: &[u8] = b"\xff\xd8\xff";

@@ -11,8 +11,6 @@
 //! The state is Burn's [`AdamState`], so checkpoints written with Burn's Adam or AdamW resume
 //! with this optimizer and the other way round.
 
-use std::mem::MaybeUninit;
-
 use burn::optim::{
     AdamConfig, AdamState, AdamW, AdamWConfig, AdamWState, LearningRate, Optimizer,
     decay::WeightDecayConfig,
@@ -21,16 +19,9 @@ use burn::tensor::{Device, Tensor};
 
 #[cfg(any(feature = "flex", feature = "tch"))]
 mod in_place;
+mod step;
 
-/// How the parameters decay towards zero.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum WeightDecay {
-    None,
-    /// Adam's L2 penalty: `rate · parameter` is added to the gradient.
-    L2(f32),
-    /// AdamW's decoupled decay: the parameter shrinks by `learning rate · rate` each step.
-    Decoupled(f32),
-}
+pub use step::{AdamSettings, AdamStep, WeightDecay};
 
 /// Adam or AdamW (see [`WeightDecay`]), with the same results as Burn's: Burn's own optimizer,
 /// except on flex and libtorch's CPU device, where each parameter is updated in place in one
@@ -48,23 +39,6 @@ pub struct Adam {
 enum Fallback {
     Adam(burn::optim::Adam),
     AdamW(AdamW),
-}
-
-/// The constants of one update, as the fused kernels take them.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamSettings {
-    pub beta_1: f32,
-    pub beta_2: f32,
-    pub epsilon: f32,
-    pub weight_decay: WeightDecay,
-}
-
-/// The coefficients of step `time` (counted from 1) at learning rate `lr`.
-#[derive(Clone, Copy, Debug)]
-pub struct AdamStep {
-    pub settings: AdamSettings,
-    pub lr: f64,
-    pub time: usize,
 }
 
 impl Adam {
@@ -101,13 +75,7 @@ impl Adam {
 /// Whether this build updates parameters on `device` in one pass instead of with Burn's
 /// operations.
 pub fn fused_on(device: &Device) -> bool {
-    #[cfg(any(feature = "flex", feature = "tch"))]
-    return in_place::runs_on(device);
-    #[cfg(not(any(feature = "flex", feature = "tch")))]
-    {
-        let _ = device;
-        false
-    }
+    crate::route::updates_in_place(device)
 }
 
 impl Optimizer for Adam {
@@ -163,76 +131,5 @@ impl Adam {
         let (tensor, moment_1, moment_2) = in_place::update(tensor, grad, moment_1, moment_2, step);
         let momentum = burn::optim::AdaptiveMomentumState::new(time, moment_1, moment_2);
         (tensor, Some(AdamState::new(momentum)))
-    }
-}
-
-impl AdamStep {
-    /// Updates one parameter and its moments in place, element by element, as Burn's and
-    /// PyTorch's Adam do with whole tensors: with `g` the gradient (plus the L2 penalty),
-    /// `m = β₁m + (1-β₁)g`, `v = β₂v + (1-β₂)g²`, and the parameter moves by
-    /// `-lr · m̂ / (√v̂ + ε)` after AdamW's decay.
-    pub fn apply(
-        &self,
-        parameter: &mut [f32],
-        grad: &[f32],
-        moment_1: &mut [f32],
-        moment_2: &mut [f32],
-    ) {
-        let update = self.update();
-        let values = parameter
-            .iter_mut()
-            .zip(grad)
-            .zip(moment_1.iter_mut().zip(moment_2.iter_mut()));
-        for ((p, &g), (m, v)) in values {
-            *p = update(*p, g, m, v);
-        }
-    }
-
-    /// [`AdamStep::apply`] for a parameter that may not be overwritten: its updated values are
-    /// written to `updated` (one per value of `parameter`), the moments in place.
-    pub fn apply_into(
-        &self,
-        parameter: &[f32],
-        updated: &mut [MaybeUninit<f32>],
-        grad: &[f32],
-        moment_1: &mut [f32],
-        moment_2: &mut [f32],
-    ) {
-        assert_eq!(updated.len(), parameter.len(), "one updated value per value");
-        let update = self.update();
-        let values = parameter
-            .iter()
-            .zip(updated.iter_mut())
-            .zip(grad)
-            .zip(moment_1.iter_mut().zip(moment_2.iter_mut()));
-        for (((&p, updated), &g), (m, v)) in values {
-            updated.write(update(p, g, m, v));
-        }
-    }
-
-    /// One value's update: its new value from the old one and its gradient, its moments
-    /// updated in place.
-    fn update(&self) -> impl Fn(f32, f32, &mut f32, &mut f32) -> f32 {
-        let AdamSettings {
-            beta_1,
-            beta_2,
-            epsilon,
-            weight_decay,
-        } = self.settings;
-        let time = self.time as i32;
-        let lr = self.lr as f32;
-        let step_size = lr / (1.0 - beta_1.powi(time));
-        let bias_correction_2 = (1.0 - beta_2.powi(time)).sqrt();
-        let (l2, keep) = match weight_decay {
-            WeightDecay::None => (0.0, 1.0),
-            WeightDecay::L2(rate) => (rate, 1.0),
-            WeightDecay::Decoupled(rate) => (0.0, 1.0 - lr * rate),
-        };
-        move |p, g, m, v| {
-            let g = g + l2 * p;
-            *m = beta_1 * *m + (1.0 - beta_1) * g;
-            *v = beta_2 * *v + (1.0 - beta_2) * g * g;
-            p * keep - step_size * *m / (v.sqrt() / bias_correction_2 + epsilon)
-        }
     }
 }

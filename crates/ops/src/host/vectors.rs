@@ -7,6 +7,17 @@
 //! instructions are left alone by the loop vectorizer, so the kernels take a [`Vectors`] and
 //! do their lane arithmetic through it.
 
+/// Whether this CPU runs the kernels' AVX2 versions (the detection is cached by std).
+#[inline(always)]
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// The vector unit a kernel computes with: [`Avx2`] where the CPU has AVX2 and FMA, [`Plain`]
 /// (lane loops for the compiler) elsewhere. Operations are lane by lane.
 pub(super) trait Vectors: Copy {
@@ -87,11 +98,11 @@ mod avx2 {
     /// A value of this type exists only where the CPU has both features ([`Avx2::detect`]),
     /// which is what makes its intrinsics sound to call.
     #[derive(Clone, Copy)]
-    pub(in crate::fused) struct Avx2(());
+    pub(in crate::host) struct Avx2(());
 
     impl Avx2 {
         pub fn detect() -> Option<Self> {
-            crate::fused::simd::has_avx2().then_some(Self(()))
+            crate::host::vectors::has_avx2().then_some(Self(()))
         }
     }
 

@@ -5,10 +5,10 @@
 #![allow(deprecated)]
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension};
+use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::tensor::{Device, Tensor};
 
-use super::AdamStep;
+use super::step::AdamStep;
 
 #[backend_extension(
     Flex: cfg(feature = "flex"),
@@ -25,19 +25,7 @@ pub trait AdamOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// Whether `device` is flex's or libtorch's CPU device, whose tensors this module can read and
-/// write.
-pub(super) fn runs_on(device: &Device) -> bool {
-    match device.as_dispatch().clone().inner() {
-        #[cfg(feature = "flex")]
-        DispatchDevice::Flex(_) => true,
-        #[cfg(feature = "tch")]
-        DispatchDevice::LibTorch(burn::backend::libtorch::LibTorchDevice::Cpu) => true,
-        _ => false,
-    }
-}
-
-/// One Adam step for an `f32` parameter on [`runs_on`]'s device.
+/// One Adam step for an `f32` parameter on a device [`crate::route::updates_in_place`] names.
 pub(super) fn update<const D: usize>(
     parameter: Tensor<D>,
     grad: Tensor<D>,
@@ -63,9 +51,12 @@ pub(super) fn update<const D: usize>(
 mod flex {
     use burn::backend::Flex;
     use burn::backend::flex::FlexTensor;
-    use burn::tensor::{DType, TensorData};
+    use burn::tensor::TensorData;
 
-    use super::{AdamOps, AdamStep};
+    use crate::host::buffers::overwritable;
+
+    use super::AdamOps;
+    use crate::adam::step::AdamStep;
 
     impl AdamOps for Flex {
         fn adam_update(
@@ -132,15 +123,6 @@ mod flex {
         }
     }
 
-    /// Whether `tensor`'s values may be overwritten: an `f32` tensor that is its whole
-    /// buffer, in row-major order, and that no other tensor holds.
-    fn overwritable(tensor: &mut FlexTensor) -> bool {
-        let whole = tensor.is_contiguous()
-            && tensor.layout().start_offset() == 0
-            && tensor.bytes().len() == tensor.layout().num_elements() * 4;
-        tensor.dtype() == DType::F32 && whole && tensor.try_storage_mut::<f32>().is_some()
-    }
-
     /// `tensor` itself when its values may be overwritten ([`overwritable`]), else such a copy.
     fn writable(mut tensor: FlexTensor) -> FlexTensor {
         if overwritable(&mut tensor) {
@@ -164,7 +146,8 @@ mod libtorch {
     use burn::backend::LibTorch;
     use burn::backend::libtorch::TchTensor;
 
-    use super::{AdamOps, AdamStep};
+    use super::AdamOps;
+    use crate::adam::step::AdamStep;
 
     impl AdamOps for LibTorch {
         fn adam_update(

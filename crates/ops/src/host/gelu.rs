@@ -12,7 +12,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata};
 use rayon::prelude::*;
 
-use super::host::{host, new_tensor};
+use super::buffers::{host, new_tensor};
 use super::vectors::Vectors;
 use super::{simd, tasks};
 
@@ -21,7 +21,7 @@ const VALUES_PER_TASK: usize = 16 * 1024;
 
 /// `gelu(x)` for every value of `x`: in `x`'s own buffer when nothing else holds it (in
 /// inference), else into a new one (in training, the autodiff graph keeps `x`).
-pub(super) fn host_gelu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+pub(crate) fn host_gelu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     let (device, shape) = (x.device(), x.shape());
     match host::<B>(x).try_into_unique() {
         Ok(mut values) => {
@@ -45,7 +45,7 @@ pub(super) fn host_gelu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
 
 /// `grad · gelu'(x)` for every value, in the gradient's own buffer where nothing else holds it
 /// (the usual case in training).
-pub(super) fn host_gelu_backward<B: Backend>(
+pub(crate) fn host_gelu_backward<B: Backend>(
     x: FloatTensor<B>,
     grad: FloatTensor<B>,
 ) -> FloatTensor<B> {
@@ -162,13 +162,13 @@ mod tests {
 
     #[test]
     fn erf_is_within_its_published_error_in_plain_arithmetic() {
-        erf_is_within_its_published_error(crate::fused::vectors::Plain);
+        erf_is_within_its_published_error(crate::host::vectors::Plain);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn erf_is_within_its_published_error_with_fused_multiply_adds() {
-        match crate::fused::vectors::Avx2::detect() {
+        match crate::host::vectors::Avx2::detect() {
             Some(avx2) => erf_is_within_its_published_error(avx2),
             None => eprintln!("this CPU has no AVX2 and FMA: the plain test covers erf"),
         }

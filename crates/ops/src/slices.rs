@@ -1,6 +1,6 @@
 //! Data parallelism on the CPU backends that run most operations on one thread (flex,
 //! ndarray): a batch cut into one slice per core, the slices run side by side on threads of
-//! their own. [`crate::Vit::predict`] and the trainer's training steps both cut their batches
+//! their own. `vit_model::Vit::predict` and the trainer's training steps both cut their batches
 //! here.
 
 use std::ops::Range;
@@ -13,7 +13,7 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 /// ndarray, each of at least `min_slice` images; none (1) elsewhere (libtorch and GPUs
 /// parallelise each operation themselves).
 pub fn count(device: &Device, batch: usize, min_slice: usize) -> usize {
-    if batch < 2 * min_slice || !crate::fused::runs_on_host(device) {
+    if batch < 2 * min_slice || !crate::runs_on_host(device) {
         return 1;
     }
     // Asked once: std reads the cgroup's CPU quota from files each time (tens of µs, a tenth

@@ -8,17 +8,6 @@ use super::vectors::Vectors;
 /// Lanes of the partial sums in [`dot`] and [`sum`]: one AVX2 vector of `f32`.
 const LANES: usize = 8;
 
-/// Whether this CPU runs the kernels' AVX2 versions (the detection is cached by std).
-#[inline(always)]
-pub(super) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
 /// `vectorized!(fn name(arguments) => body)` defines `name`, which runs `body` (an
 /// `#[inline(always)]` function, as are all it calls) compiled with AVX2 and FMA when this CPU
 /// has them, and as compiled otherwise. Code is compiled for the features of the function it
@@ -28,7 +17,7 @@ macro_rules! vectorized {
         $(#[$doc])*
         fn $name($($arg: $type),*) {
             #[cfg(target_arch = "x86_64")]
-            if $crate::fused::simd::has_avx2() {
+            if $crate::host::vectors::has_avx2() {
                 #[target_feature(enable = "avx2,fma")]
                 fn with_avx2($($arg: $type),*) {
                     $body($($arg),*)
@@ -47,7 +36,7 @@ macro_rules! vectorized_with {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $type:ty),* $(,)?) => $body:path) => {
         $(#[$doc])*
         fn $name($($arg: $type),*) {
-            use $crate::fused::vectors;
+            use $crate::host::vectors;
             #[cfg(target_arch = "x86_64")]
             if let Some(avx2) = vectors::Avx2::detect() {
                 #[target_feature(enable = "avx2,fma")]
@@ -157,8 +146,8 @@ pub(super) fn exp(vectors: impl Vectors, x: f32) -> f32 {
 mod tests {
     use super::*;
     #[cfg(target_arch = "x86_64")]
-    use crate::fused::vectors::Avx2;
-    use crate::fused::vectors::Plain;
+    use crate::host::vectors::Avx2;
+    use crate::host::vectors::Plain;
 
     /// With and without fused multiply-adds (where this CPU has them).
     fn exp_is_within_two_ulp_of_the_standard_one(vectors: impl Vectors) {

@@ -12,7 +12,29 @@ use vit_model::Vit;
 use vit_model::explain::{Explanation, explain};
 use vit_model::mnist_style;
 
+use super::args::RunArgs;
 use crate::charts::{FONT, fill_square, plot_error, register_font, save_rgb};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    run: RunArgs,
+    /// PNG or JPEG images of digits, any size.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Where the pictures go (`<image name>-explain.png`).
+    #[arg(long, default_value = "explain")]
+    out: PathBuf,
+}
+
+pub fn exec(args: Args, device: &Device) -> anyhow::Result<()> {
+    let run = args.run.open()?;
+    let (model, _) = run.load_mnist_model(device)?;
+    for written in explain_files(&model, &args.files, &args.out, device)? {
+        println!("wrote {}", written.display());
+    }
+    Ok(())
+}
 
 /// Input pixels as squares of this side in the two large panels.
 const ZOOM: u32 = 8;

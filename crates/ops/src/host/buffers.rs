@@ -20,7 +20,7 @@ use burn::tensor::{Shape, TensorData, read_sync};
 use burn::backend::flex::FlexTensor;
 
 /// A tensor's `f32` values in row-major order.
-pub(super) enum HostValues {
+pub(crate) enum HostValues {
     /// A contiguous flex tensor, read in place.
     #[cfg(feature = "flex")]
     Flex(FlexTensor),
@@ -28,7 +28,7 @@ pub(super) enum HostValues {
 }
 
 /// `tensor`'s values on the host; callers send `f32` tensors only.
-pub(super) fn host<B: Backend>(tensor: FloatTensor<B>) -> HostValues {
+pub(crate) fn host<B: Backend>(tensor: FloatTensor<B>) -> HostValues {
     #[cfg(feature = "flex")]
     let tensor = match downcast::<_, FlexTensor>(tensor) {
         Ok(flex) if flex.as_slice::<f32>().is_some() => return HostValues::Flex(flex),
@@ -64,9 +64,7 @@ impl HostValues {
         match self {
             #[cfg(feature = "flex")]
             Self::Flex(mut tensor) => {
-                let whole = tensor.layout().start_offset() == 0
-                    && tensor.bytes().len() == tensor.layout().num_elements() * 4;
-                if whole && tensor.try_storage_mut::<f32>().is_some() {
+                if overwritable(&mut tensor) {
                     Ok(Unique::Flex(tensor))
                 } else {
                     Err(Self::Flex(tensor))
@@ -84,7 +82,7 @@ impl HostValues {
 }
 
 /// Values a kernel may overwrite, then hand back as a tensor of the same shape.
-pub(super) enum Unique {
+pub(crate) enum Unique {
     /// A flex tensor nothing else holds, overwritten in place (flex's own buffers are aligned
     /// for any type, so taking them as a `Vec<f32>` would copy them).
     #[cfg(feature = "flex")]
@@ -120,7 +118,7 @@ impl Unique {
 /// # Safety
 ///
 /// `fill` must write every one of the values it is handed.
-pub(super) unsafe fn new_tensor<B: Backend>(
+pub(crate) unsafe fn new_tensor<B: Backend>(
     shape: Shape,
     device: &B::Device,
     fill: impl FnOnce(&mut [MaybeUninit<f32>]),
@@ -131,6 +129,17 @@ pub(super) unsafe fn new_tensor<B: Backend>(
     // SAFETY: `fill` wrote all `len` values (the caller's promise).
     unsafe { values.set_len(len) };
     B::float_from_data(TensorData::new(values, shape), device)
+}
+
+/// Whether `tensor`'s values may be overwritten in place: an `f32` tensor that is its whole
+/// buffer, in row-major order, and that no other tensor holds. The host kernels and the
+/// in-place Adam ask the same question.
+#[cfg(feature = "flex")]
+pub(crate) fn overwritable(tensor: &mut FlexTensor) -> bool {
+    let whole = tensor.is_contiguous()
+        && tensor.layout().start_offset() == 0
+        && tensor.bytes().len() == tensor.layout().num_elements() * 4;
+    tensor.dtype() == burn::tensor::DType::F32 && whole && tensor.try_storage_mut::<f32>().is_some()
 }
 
 /// `value` as a `T` when it is one, without boxing it.

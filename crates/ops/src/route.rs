@@ -1,0 +1,86 @@
+//! Which backends run what, decided here once: every routing question of the crate (fused
+//! operation or Burn's, host kernel or the backend's own, in-place Adam or Burn's) is answered
+//! from [`Route`].
+// ndarray and tch are deprecated upstream; this project still supports both.
+#![allow(deprecated)]
+
+use burn::backend::DispatchDevice;
+use burn::tensor::{DType, Device, Tensor};
+
+/// How a device's backend runs the crate's operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// A CPU backend that runs most operations on one thread each (flex, ndarray): the host
+    /// kernels, the fused attention among them.
+    Host,
+    /// A backend this crate is built for whose own kernels do the work (libtorch, wgpu): the
+    /// extension's defaults, which are Burn's operations, with one autodiff node per layer.
+    Extension,
+    /// Any other backend: Burn's composed operations.
+    Burn,
+}
+
+impl Route {
+    /// The route of `device` (with or without autodiff) in this build of the crate.
+    pub(crate) fn of(device: &Device) -> Self {
+        #[allow(unreachable_patterns)] // every variant is listed when every backend is built in
+        match device.as_dispatch().clone().inner() {
+            #[cfg(feature = "flex")]
+            DispatchDevice::Flex(_) => Self::Host,
+            #[cfg(feature = "ndarray")]
+            DispatchDevice::NdArray(_) => Self::Host,
+            #[cfg(feature = "tch")]
+            DispatchDevice::LibTorch(_) => Self::Extension,
+            #[cfg(feature = "wgpu")]
+            DispatchDevice::Cube(_) => Self::Extension,
+            _ => Self::Burn,
+        }
+    }
+
+    /// The route of `x`: its device's for `f32` tensors, Burn's for any other float type.
+    pub(crate) fn of_tensor<const D: usize>(x: &Tensor<D>) -> Self {
+        if x.dtype() == DType::F32 {
+            Self::of(&x.device())
+        } else {
+            Self::Burn
+        }
+    }
+}
+
+/// Whether `device` belongs to a CPU backend with host kernels here (flex, ndarray).
+pub fn runs_on_host(device: &Device) -> bool {
+    Route::of(device) == Route::Host
+}
+
+/// Whether this build of the crate runs LayerNorm, softmax, GELU and the linear layers as
+/// single operations of its own on `device` (with or without autodiff).
+pub fn supports(device: &Device) -> bool {
+    Route::of(device) != Route::Burn
+}
+
+/// Whether the Adam update runs in place, in one pass, on `device`: flex's, and libtorch's
+/// CPU device (a CUDA tensor's values cannot be written from the host).
+pub(crate) fn updates_in_place(device: &Device) -> bool {
+    match device.as_dispatch().clone().inner() {
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => true,
+        #[cfg(feature = "tch")]
+        DispatchDevice::LibTorch(burn::backend::libtorch::LibTorchDevice::Cpu) => true,
+        _ => false,
+    }
+}
+
+/// The backends this build of the crate holds, by name, with a device of each, in the order
+/// Burn prefers them. Devices start lazily: listing them runs nothing.
+pub fn compiled_devices() -> Vec<(&'static str, Device)> {
+    let mut devices = Vec::new();
+    #[cfg(feature = "wgpu")]
+    devices.push(("wgpu", Device::wgpu(Default::default())));
+    #[cfg(feature = "tch")]
+    devices.push(("tch", Device::libtorch()));
+    #[cfg(feature = "flex")]
+    devices.push(("flex", Device::flex()));
+    #[cfg(feature = "ndarray")]
+    devices.push(("ndarray", Device::ndarray()));
+    devices
+}

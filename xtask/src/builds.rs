@@ -1,0 +1,147 @@
+//! The cargo commands the tasks run: the benches and the trainer binary of the test build
+//! (every backend in one build, so nothing is built twice), and running a command with the
+//! terminal passed through.
+
+use std::process::{Command, ExitCode};
+
+use crate::backend::{BACKENDS, Torch, prepare, take_backends};
+
+/// The `cargo bench` of the trainer's `backends` bench (`serve` false) or its `serve` bench,
+/// with `args` for it.
+pub fn bench_command(serve: bool, args: &[String]) -> Result<Command, String> {
+    let (backends, rest) = take_backends(args)?;
+    if serve && backends.len() > 1 {
+        return Err("bench --serve runs the server on one backend: name at most one".into());
+    }
+    let mut cargo = bench_build(serve)?;
+    cargo.arg("--");
+    let measured = if backends.is_empty() && !serve {
+        BACKENDS.iter().map(ToString::to_string).collect()
+    } else {
+        backends
+    };
+    for backend in &measured {
+        cargo.args(["--backend", backend]);
+    }
+    // cargo runs benches in their package's directory: make `--out`, `--config` and
+    // `--run-dir` mean what the user meant.
+    let here = std::env::current_dir().map_err(|error| error.to_string())?;
+    let mut rest = rest.into_iter();
+    while let Some(arg) = rest.next() {
+        let is_path = arg == "--out" || arg == "--config" || arg == "--run-dir";
+        cargo.arg(arg);
+        if is_path && let Some(path) = rest.next() {
+            cargo.arg(here.join(path));
+        }
+    }
+    Ok(cargo)
+}
+
+/// The `cargo bench` of the `backends` or `serve` bench without arguments for the bench, with
+/// every backend's environment. Built like the tests (every backend the test build holds), so
+/// nothing is rebuilt.
+pub fn bench_build(serve: bool) -> Result<Command, String> {
+    let mut cargo = cargo(&["bench", "--profile", "dev", "--workspace", "--bench"]);
+    cargo.arg(if serve { "serve" } else { "backends" });
+    cargo.args(["--features", "vit-trainer/wgpu,vit-trainer/tch"]);
+    for backend in BACKENDS {
+        prepare(backend, &mut cargo)?;
+    }
+    if let Some(python) = Torch::find().ok().and_then(|torch| torch.python()) {
+        cargo.env("VIT_BENCH_PYTHON", python);
+    }
+    Ok(cargo)
+}
+
+/// The trainer binary of the bench's build (every backend in one binary; `BURN_DEVICE` picks
+/// one), built if it is not there yet, with the environment of every backend and `args` for it.
+///
+/// `cargo build -p vit-trainer` would not do: without the test and bench targets cargo resolves
+/// Burn's features without the dev-dependencies and builds a second copy of Burn. So the binary
+/// comes from the bench's own build, `--no-run`, whose JSON messages name it.
+pub fn test_build_trainer(args: &[String]) -> Result<Command, String> {
+    let mut build = bench_build(false)?;
+    build.args([
+        "--no-run",
+        "--locked",
+        "--message-format",
+        "json-render-diagnostics",
+    ]);
+    build.stderr(std::process::Stdio::inherit());
+    let output = build
+        .output()
+        .map_err(|error| format!("cannot run {:?}: {error}", build.get_program()))?;
+    if !output.status.success() {
+        return Err(format!("the trainer's build failed ({})", output.status));
+    }
+    let binary = trainer_executable(&String::from_utf8_lossy(&output.stdout))
+        .ok_or("the trainer's build names no vit-trainer binary in its messages")?;
+    let mut trainer = Command::new(binary);
+    trainer.args(args);
+    trainer.envs(
+        build
+            .get_envs()
+            .filter_map(|(key, value)| Some((key, value?))),
+    );
+    Ok(trainer)
+}
+
+/// The `vit-trainer` binary's path in cargo's JSON messages (one JSON object per line).
+pub fn trainer_executable(messages: &str) -> Option<std::path::PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter(|message| message["target"]["name"] == "vit-trainer")
+        .filter(|message| {
+            let kinds = message["target"]["kind"].as_array();
+            kinds.is_some_and(|kinds| kinds.iter().any(|kind| kind == "bin"))
+        })
+        .find_map(|message| message["executable"].as_str().map(Into::into))
+}
+
+pub fn cargo(args: &[&str]) -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.args(args);
+    command
+}
+
+/// Runs `command` with the terminal passed through and returns its exit status.
+pub fn run_status(command: &mut Command) -> Result<std::process::ExitStatus, String> {
+    command
+        .status()
+        .map_err(|error| format!("cannot run {:?}: {error}", command.get_program()))
+}
+
+/// [`run_status`] as this program's exit code.
+pub fn exit_code(command: &mut Command) -> Result<ExitCode, String> {
+    let status = run_status(command)?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trainer_binary_is_found_among_cargo_messages() {
+        let messages = [
+            r#"{"reason":"compiler-artifact","target":{"name":"vit-trainer","kind":["lib"]},"executable":null}"#,
+            "not JSON: a line cargo's build script printed",
+            r#"{"reason":"compiler-artifact","target":{"name":"backends","kind":["bench"]},"executable":"/t/deps/backends-1"}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"vit-trainer","kind":["bin"]},"executable":"/t/debug/vit-trainer"}"#,
+            r#"{"reason":"build-finished","success":true}"#,
+        ]
+        .join("\n");
+        let found = trainer_executable(&messages);
+        assert_eq!(found, Some("/t/debug/vit-trainer".into()));
+        assert_eq!(
+            trainer_executable(&messages.lines().take(3).collect::<Vec<_>>().join("\n")),
+            None
+        );
+    }
+}
