@@ -7,14 +7,14 @@
 //! for checking another implementation). Each is written to a temporary name and renamed.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::prelude::*;
 
 pub use crate::files::ArtifactError;
 use crate::files::write_bytes;
 use crate::interchange::{self, Probe};
-use crate::{ConfigError, Vit, VitConfig};
+use crate::{Vit, VitConfig};
 
 /// The network's configuration, as JSON.
 pub const CONFIG_FILE: &str = "model-config.json";

@@ -12,7 +12,7 @@ macro_rules! host_kernels {
             if all_f32::<Self>(&[&x]) {
                 host_gelu::<Self>(x)
             } else {
-                Self::gelu(x)
+                <Self as ActivationOps<Self>>::gelu(x)
             }
         }
 
@@ -23,7 +23,7 @@ macro_rules! host_kernels {
             if all_f32::<Self>(&[&x, &grad]) {
                 host_gelu_backward::<Self>(x, grad)
             } else {
-                Self::gelu_backward(x, grad)
+                <Self as ActivationOps<Self>>::gelu_backward(x, grad)
             }
         }
 

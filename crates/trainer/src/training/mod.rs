@@ -12,26 +12,16 @@ mod report;
 mod select;
 mod summary;
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
-
 use anyhow::{Context, bail};
 use burn::data::dataset::Dataset;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
-use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
-use serde::{Deserialize, Serialize};
-use vit_data::{MnistBatch, MnistDataset, Split};
-use vit_model::{Views, Vit, artifact};
-use crate::parallel;
+use vit_data::{MnistDataset, Split};
+use vit_model::{Views, artifact};
 
 use crate::charts;
-use crate::config::TrainingConfig;
 use crate::evaluation::{Evaluation, evaluate};
-use crate::test_hooks;
-use crate::guard::DivergenceGuard;
-use crate::history::EpochMetrics;
 use crate::run_dir::{DATA_SOURCE_FILE, REPORT_FILE, RunDir};
+use crate::test_hooks;
 
 use prepare::DataSource;
 pub use prepare::{Prepared, TestSet, prepare};

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
+use burn::data::dataset::Dataset;
 use serde::{Deserialize, Serialize};
 use vit_data::{MnistDataset, Split};
 
