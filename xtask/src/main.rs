@@ -58,10 +58,14 @@ enum Task {
         )]
         backends: Vec<String>,
     },
-    /// The workspace's tests in one build with every backend (`[--backend B]… [cargo test args…]`).
+    /// The workspace's tests, in one build with every backend.
+    ///
+    /// `cargo xtask test [--backend B]… [cargo test args…]`
     Test(Passed),
-    /// Speed and memory per backend beside PyTorch eager (`[--backend B]… [--rounds N] [--out
-    /// FILE]`; `--criterion [args…]`; `--serve --run-dir R …`).
+    /// Speed and memory per backend beside PyTorch eager (docs/benchmarks.md).
+    ///
+    /// `cargo xtask bench [--backend B]… [--rounds N] [--out FILE] [--config FILE]`,
+    /// `bench --criterion [args…]`, `bench --serve --run-dir R [--clients C] [--requests N]`
     Bench(Passed),
     /// wgpu and tch on an NVIDIA GPU beside PyTorch CUDA eager, and the tutorial on the faster.
     GpuCheck(gpu_check::Args),
@@ -194,6 +198,24 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         Xtask::command().debug_assert();
+    }
+
+    /// `--help` and `-h` list every task, one line each, and exit 0.
+    #[test]
+    fn help_lists_every_task_and_exits_zero() {
+        use clap::CommandFactory;
+        for flag in ["--help", "-h"] {
+            let Err(help) = Xtask::try_parse_from(["xtask", flag]) else {
+                panic!("{flag} parsed as a task");
+            };
+            assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+            assert_eq!(help.exit_code(), 0);
+            let text = help.to_string();
+            for task in Xtask::command().get_subcommands() {
+                let line = text.lines().find(|line| line.trim_start().starts_with(task.get_name()));
+                assert!(line.is_some(), "{flag}: no line for {}:\n{text}", task.get_name());
+            }
+        }
     }
 
     /// Trainer commands hand every argument on, `--help` and hyphenated values included.
