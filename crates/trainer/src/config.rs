@@ -628,6 +628,8 @@ mod tests {
             preset in proptest::sample::select(vec![
                 "vit-mnist-tutorial.json",
                 "vit-mnist-best.json",
+                "vit-mnist-fast.json",
+                "vit-mnist-quick.json",
                 "vit-mnist-augmented.json",
                 "smoke.json",
             ]),
