@@ -1,10 +1,11 @@
 //! LayerNorm's and softmax's backward passes on tch: libtorch's own kernels, the ones PyTorch's
 //! autograd runs for these two operations.
 
-use crate::FusedOps;
 use burn::backend::LibTorch;
 use burn::backend::libtorch::TchTensor;
 use burn::backend::tensor::FloatTensor;
+
+use crate::FusedOps;
 
 impl FusedOps for LibTorch {
     fn layer_norm_backward(

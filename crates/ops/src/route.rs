@@ -1,8 +1,6 @@
-//! Which backends run what, decided here once: every routing question of the crate (fused
-//! operation or Burn's, host kernel or the backend's own, in-place Adam or Burn's) is answered
-//! from [`Route`].
-// ndarray and tch are deprecated upstream; this project still supports both.
-#![allow(deprecated)]
+//! Which backends run what, decided here once per device: [`Route`] for the layer operations
+//! (host kernel, the extension's defaults, or Burn's composed operations), [`updates_in_place`]
+//! for the Adam update, and the one list of the backends this build holds.
 
 use burn::backend::DispatchDevice;
 use burn::tensor::{DType, Device, Tensor};

@@ -36,7 +36,7 @@ pub fn ranges(batch: usize, slices: usize) -> Vec<Range<usize>> {
 ///
 /// Each job runs inside a rayon pool of one thread, its own: the operations within a slice that
 /// would split their work across rayon's global pool (flex's products and element-wise
-/// passes, the model's host kernels) then run inline on the slice's thread, instead of handing
+/// passes, this crate's host kernels) then run inline on the slice's thread, instead of handing
 /// each piece to the global pool's threads and sleeping until they finish. The slices already
 /// keep every core busy.
 pub fn side_by_side<T, F>(jobs: Vec<F>) -> Vec<T>

@@ -1,8 +1,6 @@
 //! The fused Adam update on flex and on libtorch's CPU device: the parameter and both moments
 //! are written in place when nothing else holds their buffers (the usual case in training),
 //! after a copy otherwise.
-// tch is deprecated upstream; this project still supports it.
-#![allow(deprecated)]
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};

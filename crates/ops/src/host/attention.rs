@@ -14,9 +14,9 @@
 //! order is `[heads][head_dim]`, and write the context in the same order. Every step of the
 //! attention is then the same arithmetic on all heads at once, a vector of 8 heads in one
 //! AVX2 register for the tutorial's model, with no row of 17 tokens to split into vectors and
-//! no transposes. The model puts the projection's columns (and the output projection's rows) in
-//! that order once per step (`columns_in_lanes`, `rows_in_lanes`), instead of moving the
-//! activations; for a prediction of one to three images, whose activations hold fewer values
+//! no transposes. The layer-level attention (`crate::attention`) puts the projection's columns
+//! (and the output projection's rows) in that order once per step (`columns_in_lanes`,
+//! `rows_in_lanes`), instead of moving the activations; for a prediction of one to three images, whose activations hold fewer values
 //! than the weights, it moves the activations.
 
 use std::mem::MaybeUninit;
