@@ -13,6 +13,7 @@ use burn::tensor::Tensor;
 use crate::extension::HostOps;
 use crate::functional::{linear, softmax};
 use crate::host::attention::supported;
+use crate::layers;
 use crate::route::Route;
 
 /// Self-attention over the tokens of `images` images, stacked as rows `[images * tokens, dim]`,
@@ -26,26 +27,20 @@ pub fn self_attention(
 ) -> Tensor<2> {
     let (heads, head_dim) = (attention.n_heads, attention.d_k);
     let [rows, dim] = x.dims();
-    let output = &attention.output;
-    let output_bias = output.bias.as_ref().map(|bias| bias.val());
-    if !is_fused(&x, heads, head_dim, &attention.dropout) {
-        let qkv = projections(attention, x, None);
-        let context = composed_attention(qkv, images, heads, kept, &attention.dropout).0;
-        return linear(context, output.weight.val(), output_bias);
-    }
     // The fused attention reads and writes each token's heads in lanes: reorder whichever
-    // holds fewer values, the weights' columns and rows (`4 · dim²` values) or the activations
-    // (`4 · dim` per row: fewer under `dim` rows, as in a prediction of one to three images).
-    if rows >= dim {
+    // holds fewer values, the weights' columns and rows (`4 · dim²` values, here) or the
+    // activations (`4 · dim` per row, in `attention`: fewer under `dim` rows, as in a
+    // prediction of one to three images).
+    if rows >= dim && is_fused(&x, heads, head_dim, &attention.dropout) {
         let qkv = projections(attention, x, Some((heads, head_dim)));
         let context = attention_in_lanes(qkv, images, heads, kept);
+        let output = &attention.output;
         let weight = rows_in_lanes(output.weight.val(), heads, head_dim);
-        return linear(context, weight, output_bias);
+        return linear(context, weight, output.bias.as_ref().map(|bias| bias.val()));
     }
-    let qkv = columns_in_lanes(projections(attention, x, None), heads, head_dim);
-    let context = attention_in_lanes(qkv, images, heads, kept);
-    let context = columns_in_usual_order(context, heads, head_dim);
-    linear(context, output.weight.val(), output_bias)
+    let qkv = projections(attention, x, None);
+    let context = self::attention(qkv, images, heads, kept, &attention.dropout);
+    layers::linear(&attention.output, context)
 }
 
 /// [`self_attention`] for every token, with its attention weights `[images, heads, tokens,
@@ -65,9 +60,7 @@ pub fn self_attention_with_weights(
         tokens,
         &attention.dropout,
     );
-    let output = &attention.output;
-    let bias = output.bias.as_ref().map(|bias| bias.val());
-    (linear(context, output.weight.val(), bias), weights)
+    (layers::linear(&attention.output, context), weights)
 }
 
 /// Multi-head self-attention of `heads` heads over the tokens of `images` images, from their

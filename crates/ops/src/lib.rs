@@ -28,31 +28,15 @@ mod composed;
 mod extension;
 pub mod functional;
 mod host;
+mod layers;
 #[cfg(feature = "tch")]
 mod libtorch;
 mod route;
 pub mod slices;
 
-use burn::nn::{LayerNorm, Linear};
-use burn::tensor::Tensor;
-
 pub use adam::{Adam, AdamSettings, WeightDecay};
 pub use attention::{self_attention, self_attention_with_weights};
 pub use extension::{FusedOps, HostOps};
 pub use functional::{gelu, softmax};
+pub use layers::{layer_norm, linear};
 pub use route::{compiled_devices, runs_on_host, supports};
-
-/// `layer.forward(x)` as one operation with its own backward step.
-pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
-    let bias = layer.bias.as_ref().map(|bias| bias.val());
-    functional::linear(x, layer.weight.val(), bias)
-}
-
-/// `layer` applied over the last dimension of `x` with `epsilon` (Burn keeps a `LayerNorm`'s
-/// epsilon private), as one operation where the backend has it.
-pub fn layer_norm<const D: usize>(layer: &LayerNorm, x: Tensor<D>, epsilon: f64) -> Tensor<D> {
-    match &layer.beta {
-        Some(beta) => functional::layer_norm(x, layer.gamma.val(), beta.val(), epsilon),
-        None => layer.forward(x),
-    }
-}

@@ -21,18 +21,7 @@ pub(crate) enum Route {
 impl Route {
     /// The route of `device` (with or without autodiff) in this build of the crate.
     pub(crate) fn of(device: &Device) -> Self {
-        #[allow(unreachable_patterns)] // every variant is listed when every backend is built in
-        match device.as_dispatch().clone().inner() {
-            #[cfg(feature = "flex")]
-            DispatchDevice::Flex(_) => Self::Host,
-            #[cfg(feature = "ndarray")]
-            DispatchDevice::NdArray(_) => Self::Host,
-            #[cfg(feature = "tch")]
-            DispatchDevice::LibTorch(_) => Self::Extension,
-            #[cfg(feature = "wgpu")]
-            DispatchDevice::Cube(_) => Self::Extension,
-            _ => Self::Burn,
-        }
+        classify(device).0
     }
 
     /// The route of `x`: its device's for `f32` tensors, Burn's for any other float type.
@@ -59,12 +48,26 @@ pub fn supports(device: &Device) -> bool {
 /// Whether the Adam update runs in place, in one pass, on `device`: flex's, and libtorch's
 /// CPU device (a CUDA tensor's values cannot be written from the host).
 pub(crate) fn updates_in_place(device: &Device) -> bool {
+    classify(device).1
+}
+
+/// The one match over Burn's devices: how `device`'s backend runs the layer operations, and
+/// whether its tensors' values can be written in place from the host.
+fn classify(device: &Device) -> (Route, bool) {
+    #[allow(unreachable_patterns)] // every variant is listed when every backend is built in
     match device.as_dispatch().clone().inner() {
         #[cfg(feature = "flex")]
-        DispatchDevice::Flex(_) => true,
+        DispatchDevice::Flex(_) => (Route::Host, true),
+        #[cfg(feature = "ndarray")]
+        DispatchDevice::NdArray(_) => (Route::Host, false),
         #[cfg(feature = "tch")]
-        DispatchDevice::LibTorch(burn::backend::libtorch::LibTorchDevice::Cpu) => true,
-        _ => false,
+        DispatchDevice::LibTorch(device) => (
+            Route::Extension,
+            device == burn::backend::libtorch::LibTorchDevice::Cpu,
+        ),
+        #[cfg(feature = "wgpu")]
+        DispatchDevice::Cube(_) => (Route::Extension, false),
+        _ => (Route::Burn, false),
     }
 }
 
