@@ -13,6 +13,7 @@ pub(crate) enum Route {
     Host,
     /// A backend this crate is built for whose own kernels do the work (libtorch, wgpu): the
     /// extension's defaults, which are Burn's operations, with one autodiff node per layer.
+    #[cfg_attr(not(any(feature = "tch", feature = "wgpu")), allow(dead_code))]
     Extension,
     /// Any other backend: Burn's composed operations.
     Burn,
