@@ -12,7 +12,8 @@ computes the same logits.
                                     train in PyTorch (the tutorial's recipe) the model of C (a
                                     model config, or a training config's `model`), write weights,
                                     config and probe for `vit-trainer import`
-    fixture --out DIR               a small random model and its probe: the Rust parity fixture
+    fixture --out DIR [--config C]  a small random model (or C's network) and its probe: the
+                                    Rust parity fixture, and the ONNX checks of every preset
 
 Needs torch, safetensors and numpy (`cargo xtask setup --backend tch` installs them).
 """
@@ -206,10 +207,13 @@ def fixture(args):
     torch.manual_seed(args.seed)
     config = {"image_size": 28, "channels": 1, "patch_size": 7, "dim": 32, "depth": 2,
               "heads": 4, "mlp_dim": 64, "num_classes": 10, "dropout": 0.0}
+    if args.config:
+        config = json.loads(args.config.read_text())
+        config = config.get("model", config)
     if args.stem:
         config["stem_channels"] = [int(width) for width in args.stem.split(",")]
     model = Vit(config)
-    images = torch.randn(4, 1, 28, 28)
+    images = torch.randn(4, config["channels"], config["image_size"], config["image_size"])
     write_run(model, config, images, args.out)
     print(f"wrote the parity fixture into {args.out}")
     return 0
@@ -232,6 +236,8 @@ def main():
     p = commands.add_parser("fixture")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--stem", help="convolutional stem widths, e.g. 4,8")
+    p.add_argument("--config", type=Path,
+                   help="the network of this model config (or training config's `model`)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=fixture)
     args = parser.parse_args()

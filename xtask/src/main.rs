@@ -8,16 +8,19 @@ mod backend;
 mod builds;
 mod gpu_check;
 mod setup;
+mod web;
 
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 
 use backend::{BACKENDS, Torch, prepare, take_backend, take_backends};
-use builds::{bench_command, cargo, exit_code};
+use builds::{bench_command, cargo, exit_code, run_status};
 
 /// The PyTorch twin of the model, run by `cargo xtask reference`.
 const REFERENCE_SCRIPT: &str = "tools/torch_reference.py";
+/// The exported model in ONNX Runtime, run by `cargo xtask onnx`.
+const ONNX_SCRIPT: &str = "tools/onnx_runtime.py";
 /// Always in the test build: the unit tests are written against them and they need nothing.
 const CPU_BACKENDS: [&str; 2] = ["flex", "ndarray"];
 
@@ -44,6 +47,12 @@ enum Task {
     Serve(Passed),
     /// Make a run directory from PyTorch-made weights.
     Import(Passed),
+    /// Write a run's model as ONNX (`--format onnx`: model.onnx, opset 17).
+    Export(Passed),
+    /// A static folder with a page that classifies digits in the browser (ONNX Runtime Web).
+    Web(web::Args),
+    /// The exported model in ONNX Runtime (Python): `check` (checker, probe, batches) or `bench`.
+    Onnx(Passed),
     /// Draw a PNG grid of augmented training images.
     AugmentPreview(Passed),
     /// The PyTorch reference (`check|train|fixture`), with the venv's Python.
@@ -97,8 +106,31 @@ fn run(task: Task) -> Result<ExitCode, String> {
         Task::Explain(passed) => trainer("explain", &passed.args),
         Task::Serve(passed) => trainer("serve", &passed.args),
         Task::Import(passed) => trainer("import", &passed.args),
+        Task::Export(passed) => trainer("export", &passed.args),
+        Task::Web(args) => web::run(&args, |path| {
+            let run_dir = args.run_dir.display().to_string();
+            let out = path.display().to_string();
+            let export = [
+                "--run-dir",
+                &run_dir,
+                "--format",
+                "onnx",
+                "--out",
+                &out,
+                "--force",
+            ];
+            let export: Vec<String> = export.iter().map(ToString::to_string).collect();
+            let status = run_status(&mut trainer_command("export", &export)?)?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("the export of {run_dir} failed ({status})"))
+            }
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Task::Onnx(passed) => python_tool(ONNX_SCRIPT, &passed.args),
         Task::AugmentPreview(passed) => trainer("augment-preview", &passed.args),
-        Task::Reference(passed) => reference(&passed.args),
+        Task::Reference(passed) => python_tool(REFERENCE_SCRIPT, &passed.args),
         Task::Setup { backends } => setup::run(&backends).map(|()| ExitCode::SUCCESS),
         Task::Test(passed) => test(&passed.args),
         Task::Bench(passed) => bench(&passed.args),
@@ -107,6 +139,11 @@ fn run(task: Task) -> Result<ExitCode, String> {
 }
 
 fn trainer(command: &str, args: &[String]) -> Result<ExitCode, String> {
+    replace_process(&mut trainer_command(command, args)?)
+}
+
+/// `cargo run` of the trainer's `command`, built with the one backend `args` names.
+fn trainer_command(command: &str, args: &[String]) -> Result<Command, String> {
     let (backend, trainer_args) = take_backend(args)?;
     // Not `--quiet`: the first build of Burn takes minutes, and cargo's progress shows it.
     eprintln!(
@@ -117,7 +154,7 @@ fn trainer(command: &str, args: &[String]) -> Result<ExitCode, String> {
     cargo.args(["--no-default-features", "--features", &backend]);
     cargo.arg("--").arg(command).args(trainer_args);
     prepare(&backend, &mut cargo)?;
-    replace_process(&mut cargo)
+    Ok(cargo)
 }
 
 /// Runs `command` in place of xtask where the platform allows it (Unix `exec`), so a signal
@@ -158,14 +195,15 @@ fn test(args: &[String]) -> Result<ExitCode, String> {
     exit_code(&mut cargo)
 }
 
-/// `tools/torch_reference.py` with the Python that `setup --backend tch` prepared.
-fn reference(args: &[String]) -> Result<ExitCode, String> {
+/// A script of `tools/` with the Python that `setup --backend tch` prepared (torch, onnx,
+/// onnxruntime).
+fn python_tool(script: &str, args: &[String]) -> Result<ExitCode, String> {
     let python = Torch::find()?.python().ok_or(
-        "the PyTorch reference needs the venv of `cargo xtask setup --backend tch` \
+        "the Python tools need the venv of `cargo xtask setup --backend tch` \
          (LIBTORCH alone has no Python)",
     )?;
     let mut command = Command::new(python);
-    command.arg(REFERENCE_SCRIPT).args(args);
+    command.arg(script).args(args);
     exit_code(&mut command)
 }
 
@@ -212,8 +250,14 @@ mod tests {
             assert_eq!(help.exit_code(), 0);
             let text = help.to_string();
             for task in Xtask::command().get_subcommands() {
-                let line = text.lines().find(|line| line.trim_start().starts_with(task.get_name()));
-                assert!(line.is_some(), "{flag}: no line for {}:\n{text}", task.get_name());
+                let line = text
+                    .lines()
+                    .find(|line| line.trim_start().starts_with(task.get_name()));
+                assert!(
+                    line.is_some(),
+                    "{flag}: no line for {}:\n{text}",
+                    task.get_name()
+                );
             }
         }
     }
@@ -231,5 +275,4 @@ mod tests {
         assert_eq!(passed.args, ["--backend", "tch", "--help"]);
         assert!(Xtask::try_parse_from(["xtask", "no-such-task"]).is_err());
     }
-
 }

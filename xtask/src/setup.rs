@@ -2,7 +2,8 @@
 //! Running it again finds everything in place and changes nothing.
 //!
 //! - wgpu: a Vulkan driver; without one, Debian's software Vulkan (lavapipe) via apt-get.
-//! - tch: libtorch, as pip's `torch` wheel in a venv (`~/.cache/vit-mnist/venv`).
+//! - tch: libtorch, as pip's `torch` wheel in a venv (`~/.cache/vit-mnist/venv`), with the
+//!   packages the Python tools use (safetensors, numpy, onnx, onnxruntime).
 //! - flex, ndarray: nothing.
 
 use std::process::Command;
@@ -10,6 +11,10 @@ use std::process::Command;
 use crate::backend::{BACKENDS, TORCH_VERSION, Torch, vulkan_driver};
 
 const VULKAN_PACKAGES: [&str; 2] = ["mesa-vulkan-drivers", "libvulkan1"];
+/// The ONNX package (`onnx.checker`) the venv gets beside torch.
+const ONNX_VERSION: &str = "1.23.2";
+/// The ONNX Runtime the exported model is checked and timed in.
+const ONNX_RUNTIME_VERSION: &str = "1.32.0";
 
 /// Sets up `backends` (all of them when empty).
 pub fn run(backends: &[String]) -> Result<(), String> {
@@ -89,6 +94,9 @@ fn torch() -> Result<(), String> {
         &format!("torch=={TORCH_VERSION}"),
         "safetensors",
         "numpy",
+        // For `cargo xtask onnx`: the exported model checked and timed in ONNX Runtime.
+        &format!("onnx=={ONNX_VERSION}"),
+        &format!("onnxruntime=={ONNX_RUNTIME_VERSION}"),
     ]))?;
     match torch_version(&python) {
         Some(version) => {
@@ -102,9 +110,10 @@ fn torch() -> Result<(), String> {
     }
 }
 
-/// The venv's torch version, when it is the one torch-sys wants and `safetensors` is there.
+/// The venv's torch version, when it is the one torch-sys wants and the other packages the
+/// Python tools import are there.
 fn torch_version(python: &std::path::Path) -> Option<String> {
-    let script = "import torch, safetensors, numpy; print(torch.__version__)";
+    let script = "import torch, safetensors, numpy, onnx, onnxruntime; print(torch.__version__)";
     let version = output(Command::new(python).args(["-c", script])).ok()?;
     let version = version.trim().to_string();
     version.starts_with(TORCH_VERSION).then_some(version)

@@ -24,6 +24,8 @@ pub const RECORD_FILE: &str = "model.bpk";
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
 /// A few inputs with the logits the saved network computed for them.
 pub const PROBE_FILE: &str = "model-probe.safetensors";
+/// The network as an ONNX graph, written on request by `vit-trainer export` (crate `vit-onnx`).
+pub const ONNX_FILE: &str = "model.onnx";
 /// Images in a saved probe.
 const PROBE_SIZE: usize = 8;
 

@@ -7,7 +7,7 @@
 //! `[1, tokens, dim]`, then per block `i`: `blocks.i.attention_norm.{weight,bias}`,
 //! `blocks.i.attention.{query,key,value}.weight`, `blocks.i.attention.output.{weight,bias}`,
 //! `blocks.i.mlp_norm.{weight,bias}`, `blocks.i.mlp.{linear_inner,linear_outer}.{weight,bias}`,
-//! and `head.{hidden,output}.{weight,bias}`. Linear weights are `[out, in]` as in
+//! and `head.{hidden,output}.{weight,bias}`; with a stem, `stem.i.{weight,bias}` (`[out, in, 3, 3]`). Linear weights are `[out, in]` as in
 //! `torch.nn.Linear`; everything is float32.
 
 use std::collections::HashMap;
@@ -29,14 +29,20 @@ pub const PROBE_TOLERANCE: f32 = 1e-4;
 
 /// Writes `model`'s weights as PyTorch-layout safetensors at `path`, atomically.
 pub fn export_safetensors(model: &Vit, path: &Path) -> Result<(), ArtifactError> {
+    let bytes = safetensors_bytes(model).map_err(|error| io_error(path, error))?;
+    write_bytes(path, &bytes)
+}
+
+/// `model`'s weights as the bytes of a PyTorch-layout safetensors file, named as the module
+/// doc lists them: what [`export_safetensors`] writes, and what other exporters read.
+pub fn safetensors_bytes(model: &Vit) -> Result<Vec<u8>, String> {
     let mut store = SafetensorsStore::from_bytes(None)
         .with_to_adapter(BurnToPyTorchAdapter)
         .metadata("layout", "torch.nn.Linear weights [out, in]");
     model
         .save_into(&mut store)
-        .map_err(|error| io_error(path, error))?;
-    let bytes = store.get_bytes().map_err(|error| io_error(path, error))?;
-    write_bytes(path, &bytes)
+        .map_err(|error| error.to_string())?;
+    store.get_bytes().map_err(|error| error.to_string())
 }
 
 /// Builds the network of `config` on `device` with the weights of the safetensors file at

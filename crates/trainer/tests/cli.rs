@@ -423,6 +423,66 @@ fn pytorch_weights_are_imported_checked_and_served() {
     );
 }
 
+/// `export --format onnx` writes model.onnx into the run, never over a file already there
+/// unless `--force`, and names what is wrong with a run directory that is not one.
+#[test]
+fn export_writes_onnx_once_and_replaces_only_with_force() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("imported");
+    let imported = import(
+        &torch_fixture("model.safetensors"),
+        &torch_fixture("model-config.json"),
+        &out,
+    );
+    assert!(imported.status.success(), "{}", text(&imported));
+    let run_dir = out.to_str().unwrap();
+    let export = |extra: &[&str]| {
+        let mut args = vec!["export", "--run-dir", run_dir, "--format", "onnx"];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+
+    let exported = export(&[]);
+    assert!(exported.status.success(), "{}", text(&exported));
+    assert!(
+        text(&exported).contains("0 (background) to 255"),
+        "{}",
+        text(&exported)
+    );
+    let onnx = out.join("model.onnx");
+    let written = std::fs::read(&onnx).unwrap();
+    // An ONNX model is a protobuf message whose field 1 is the IR version: 8.
+    assert_eq!(&written[..2], &[0x08, 0x08]);
+
+    std::fs::write(&onnx, b"a file of the user's").unwrap();
+    let again = export(&[]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(text(&again).contains("already exists") && text(&again).contains("--force"));
+    assert_eq!(std::fs::read(&onnx).unwrap(), b"a file of the user's");
+    let forced = export(&["--force"]);
+    assert!(forced.status.success(), "{}", text(&forced));
+    assert_eq!(std::fs::read(&onnx).unwrap(), written);
+
+    let elsewhere = work.path().join("elsewhere.onnx");
+    let moved = export(&["--out", elsewhere.to_str().unwrap()]);
+    assert!(moved.status.success(), "{}", text(&moved));
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), written);
+
+    let missing = work.path().join("no-such-run");
+    let refused = run(&[
+        "export",
+        "--run-dir",
+        missing.to_str().unwrap(),
+        "--format",
+        "onnx",
+    ]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains("no-such-run"), "{}", text(&refused));
+    let unknown = run(&["export", "--run-dir", run_dir, "--format", "tflite"]);
+    assert!(!unknown.status.success());
+    assert!(text(&unknown).contains("tflite"), "{}", text(&unknown));
+}
+
 #[test]
 fn weights_whose_probe_disagrees_are_refused() {
     let work = tempfile::tempdir().unwrap();

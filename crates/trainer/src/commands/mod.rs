@@ -5,6 +5,7 @@ mod args;
 mod augment_preview;
 mod eval;
 pub(crate) mod explain;
+mod export;
 mod import;
 pub(crate) mod infer;
 mod serve;
@@ -35,6 +36,9 @@ enum Command {
     /// Evaluate a finished run on the MNIST test set (or its validation split); writes
     /// confusion.png into the run for the test set.
     Eval(eval::Args),
+    /// Write a run's model in another format: `--format onnx` (model.onnx, opset 17), for ONNX
+    /// Runtime and the static page of `cargo xtask web`.
+    Export(export::Args),
     /// Draw a PNG grid of training images next to augmented versions: what the model sees.
     AugmentPreview(augment_preview::Args),
     /// Draw what the model looks at in each image: the input it saw, the attention rollout of
@@ -57,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train::exec(args, &device),
         Command::Eval(args) => eval::exec(args, &device),
+        Command::Export(args) => export::exec(args, &device),
         Command::AugmentPreview(args) => augment_preview::exec(args),
         Command::Explain(args) => explain::exec(args, &device),
         Command::Serve(args) => serve::exec(args, device),
