@@ -7,8 +7,9 @@
 //! `[1, tokens, dim]`, then per block `i`: `blocks.i.attention_norm.{weight,bias}`,
 //! `blocks.i.attention.{query,key,value}.weight`, `blocks.i.attention.output.{weight,bias}`,
 //! `blocks.i.mlp_norm.{weight,bias}`, `blocks.i.mlp.{linear_inner,linear_outer}.{weight,bias}`,
-//! and `head.{hidden,output}.{weight,bias}`; with a stem, `stem.i.{weight,bias}` (`[out, in, 3, 3]`). Linear weights are `[out, in]` as in
-//! `torch.nn.Linear`; everything is float32.
+//! and `head.{hidden,output}.{weight,bias}`; with a stem, `stem.i.{weight,bias}` (weights
+//! `[out, in, 3, 3]`). Linear weights are `[out, in]` as in `torch.nn.Linear`; everything is
+//! float32.
 
 use std::collections::HashMap;
 use std::path::Path;
