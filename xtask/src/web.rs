@@ -43,21 +43,36 @@ pub fn run(args: &Args, export: impl FnOnce(&Path) -> Result<(), String>) -> Res
         ));
     }
     let runtime = runtime_dir()?;
-    let ort = args.out.join("ort");
-    fs::create_dir_all(&ort).map_err(|error| format!("{}: {error}", ort.display()))?;
-    export(&args.out.join("model.onnx"))?;
-    let web = Path::new(WEB_DIR);
-    for name in PAGE_FILES {
-        copy(&web.join(name), &args.out.join(name))?;
+    let created = !args.out.exists();
+    let written = write_folder(&args.out, &runtime, export);
+    if written.is_err() && created {
+        // A folder this command made and could not finish is not left behind.
+        let _ = fs::remove_dir_all(&args.out);
     }
-    for name in RUNTIME_FILES {
-        copy(&runtime.join(name), &ort.join(name))?;
-    }
+    written?;
     println!(
         "wrote {0}: open it from any static web server, e.g. `python3 -m http.server -d {0}` \
          and http://localhost:8000/",
         args.out.display()
     );
+    Ok(())
+}
+
+fn write_folder(
+    out: &Path,
+    runtime: &Path,
+    export: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), String> {
+    let ort = out.join("ort");
+    fs::create_dir_all(&ort).map_err(|error| format!("{}: {error}", ort.display()))?;
+    export(&out.join("model.onnx"))?;
+    let web = Path::new(WEB_DIR);
+    for name in PAGE_FILES {
+        copy(&web.join(name), &out.join(name))?;
+    }
+    for name in RUNTIME_FILES {
+        copy(&runtime.join(name), &ort.join(name))?;
+    }
     Ok(())
 }
 
@@ -85,4 +100,27 @@ fn copy(from: &Path, to: &Path) -> Result<(), String> {
             to.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder with files in it is the user's: without --force nothing is written or exported.
+    #[test]
+    fn a_folder_in_use_is_refused_without_force() {
+        let out = std::env::temp_dir().join(format!("vit-web-test-{}", std::process::id()));
+        fs::create_dir_all(&out).unwrap();
+        fs::write(out.join("notes.txt"), "mine").unwrap();
+        let args = Args {
+            run_dir: "artifacts/any".into(),
+            out: out.clone(),
+            force: false,
+        };
+        let error = run(&args, |_| panic!("nothing is exported")).unwrap_err();
+        assert!(error.contains("--force"), "{error}");
+        assert_eq!(fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
+        assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
+        fs::remove_dir_all(&out).unwrap();
+    }
 }
