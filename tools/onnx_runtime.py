@@ -42,8 +42,8 @@ def session(path, threads):
 
 
 def run(model, pixels):
-    logits, probabilities = model.run([LOGITS, PROBABILITIES], {INPUT: pixels})
-    return logits, probabilities
+    """The model's (logits, probabilities) for gray images `pixels`."""
+    return model.run([LOGITS, PROBABILITIES], {INPUT: pixels})
 
 
 def gray_images(data_dir, count, side):

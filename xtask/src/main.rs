@@ -10,6 +10,7 @@ mod gpu_check;
 mod setup;
 mod web;
 
+use std::path::Path;
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
@@ -107,27 +108,9 @@ fn run(task: Task) -> Result<ExitCode, String> {
         Task::Serve(passed) => trainer("serve", &passed.args),
         Task::Import(passed) => trainer("import", &passed.args),
         Task::Export(passed) => trainer("export", &passed.args),
-        Task::Web(args) => web::run(&args, |path| {
-            let run_dir = args.run_dir.display().to_string();
-            let out = path.display().to_string();
-            let export = [
-                "--run-dir",
-                &run_dir,
-                "--format",
-                "onnx",
-                "--out",
-                &out,
-                "--force",
-            ];
-            let export: Vec<String> = export.iter().map(ToString::to_string).collect();
-            let status = run_status(&mut trainer_command("export", &export)?)?;
-            if status.success() {
-                Ok(())
-            } else {
-                Err(format!("the export of {run_dir} failed ({status})"))
-            }
-        })
-        .map(|()| ExitCode::SUCCESS),
+        Task::Web(args) => {
+            web::run(&args, |path| export_onnx(&args.run_dir, path)).map(|()| ExitCode::SUCCESS)
+        }
         Task::Onnx(passed) => python_tool(ONNX_SCRIPT, &passed.args),
         Task::AugmentPreview(passed) => trainer("augment-preview", &passed.args),
         Task::Reference(passed) => python_tool(REFERENCE_SCRIPT, &passed.args),
@@ -155,6 +138,28 @@ fn trainer_command(command: &str, args: &[String]) -> Result<Command, String> {
     cargo.arg("--").arg(command).args(trainer_args);
     prepare(&backend, &mut cargo)?;
     Ok(cargo)
+}
+
+/// The trainer's `export --format onnx` of `run_dir` to `out` (replacing it), waited for.
+fn export_onnx(run_dir: &Path, out: &Path) -> Result<(), String> {
+    let args = [
+        "--run-dir".into(),
+        run_dir.display().to_string(),
+        "--format".into(),
+        "onnx".into(),
+        "--out".into(),
+        out.display().to_string(),
+        "--force".into(),
+    ];
+    let status = run_status(&mut trainer_command("export", &args)?)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the export of {} failed ({status})",
+            run_dir.display()
+        ))
+    }
 }
 
 /// Runs `command` in place of xtask where the platform allows it (Unix `exec`), so a signal

@@ -20,16 +20,12 @@ pub fn build(
     weights: &mut Weights,
     graph: &mut Graph,
 ) -> Result<(), ExportError> {
-    let gelu = GeluConstants {
-        root_two: graph.scalar("gelu.sqrt_two", std::f32::consts::SQRT_2),
-        one: graph.scalar("gelu.one", 1.0),
-        half: graph.scalar("gelu.half", 0.5),
-    };
+    let shared = Shared::new(config, graph);
     let mut net = Network {
         config,
         weights,
         graph,
-        gelu,
+        shared,
     };
     let images = net.normalise(INPUT);
     let map = net.stem(images)?;
@@ -39,7 +35,7 @@ pub fn build(
         x = net.block(block, &x, class_token_only)?;
     }
     // [N, 1, dim] -> [N, dim]
-    let token_axis = net.graph.ints("token_axis", &[1]);
+    let token_axis = net.shared.token_axis.clone();
     let class_output = net
         .graph
         .node("class_output", "Squeeze", &[&x, &token_axis], vec![]);
@@ -60,14 +56,42 @@ struct Network<'a> {
     config: &'a VitConfig,
     weights: &'a mut Weights,
     graph: &'a mut Graph,
-    gelu: GeluConstants,
+    shared: Shared,
 }
 
-/// The names of the GELU's constant operands, shared by every GELU of the graph.
-struct GeluConstants {
-    root_two: String,
+/// The names of the constant operands every block and every GELU use, placed once.
+struct Shared {
+    /// √2, 1 and ½ of `x · ½ · (1 + erf(x / √2))`.
+    sqrt_two: String,
     one: String,
     half: String,
+    /// `[0, 0, heads, head_dim]`: the heads split off the last axis.
+    heads_shape: String,
+    /// `[0, 0, dim]`: the heads merged back.
+    merged_shape: String,
+    /// √head_dim, what the attention scores are divided by.
+    sqrt_head_dim: String,
+    /// `[1]`: the token axis of `[N, tokens, dim]`, and the `[0]`, `[1]` bounds of its first row.
+    token_axis: String,
+    first_start: String,
+    first_end: String,
+}
+
+impl Shared {
+    fn new(config: &VitConfig, g: &mut Graph) -> Self {
+        let (dim, heads, head_dim) = (config.dim as i64, config.heads as i64, config.head_dim());
+        Self {
+            sqrt_two: g.scalar("gelu.sqrt_two", std::f32::consts::SQRT_2),
+            one: g.scalar("gelu.one", 1.0),
+            half: g.scalar("gelu.half", 0.5),
+            heads_shape: g.ints("attention.heads_shape", &[0, 0, heads, head_dim as i64]),
+            merged_shape: g.ints("attention.merged_shape", &[0, 0, dim]),
+            sqrt_head_dim: g.scalar("attention.sqrt_head_dim", (head_dim as f32).sqrt()),
+            token_axis: g.ints("token_axis", &[1]),
+            first_start: g.ints("first_token.start", &[0]),
+            first_end: g.ints("first_token.end", &[1]),
+        }
+    }
 }
 
 impl Network<'_> {
@@ -90,14 +114,8 @@ impl Network<'_> {
         for (i, pair) in widths.windows(2).enumerate() {
             let name = format!("stem.{i}");
             let (inputs, outputs) = (pair[0], pair[1]);
-            let weight = self
-                .weights
-                .take(&format!("{name}.weight"), &[outputs, inputs, 3, 3])?;
-            let bias = self.weights.take(&format!("{name}.bias"), &[outputs])?;
-            let weight =
-                self.graph
-                    .floats(format!("{name}.weight"), &[outputs, inputs, 3, 3], &weight);
-            let bias = self.graph.floats(format!("{name}.bias"), &[outputs], &bias);
+            let weight = self.weight(&format!("{name}.weight"), &[outputs, inputs, 3, 3])?;
+            let bias = self.weight(&format!("{name}.bias"), &[outputs])?;
             let convolved = self.graph.node(
                 format!("{name}.conv"),
                 "Conv",
@@ -133,17 +151,9 @@ impl Network<'_> {
         let patches = g.node("patches", "Reshape", &[&ordered, &flat], vec![]);
         let tokens = self.linear("patch_embedding", &patches, [c.patch_values(), dim])?;
 
-        let class_token = self.weights.take("class_token", &[1, 1, dim])?;
-        let positions = self
-            .weights
-            .take("position_embedding", &[1, c.num_patches() + 1, dim])?;
+        let class_token = self.weight("class_token", &[1, 1, dim])?;
+        let positions = self.weight("position_embedding", &[1, c.num_patches() + 1, dim])?;
         let g = &mut *self.graph;
-        let class_token = g.floats("class_token", &[1, 1, dim], &class_token);
-        let positions = g.floats(
-            "position_embedding",
-            &[1, c.num_patches() + 1, dim],
-            &positions,
-        );
         // The class token repeated over the batch: [N, 1, dim].
         let batch = g.node(
             "batch_size",
@@ -209,15 +219,9 @@ impl Network<'_> {
         queries_from: &str,
         x: &str,
     ) -> Result<String, ExportError> {
-        let (dim, heads) = (self.config.dim, self.config.heads as i64);
-        let head_dim = self.config.head_dim();
+        let dim = self.config.dim;
         let projection = |net: &mut Self, what: &str, from: &str| -> Result<String, ExportError> {
-            let weight = net
-                .weights
-                .take_transposed(&format!("{name}.{what}.weight"), [dim, dim])?;
-            let weight = net
-                .graph
-                .floats(format!("{name}.{what}.weight"), &[dim, dim], &weight);
+            let weight = net.transposed_weight(&format!("{name}.{what}.weight"), [dim, dim])?;
             Ok(net
                 .graph
                 .node(format!("{name}.{what}"), "MatMul", &[from, &weight], vec![]))
@@ -225,17 +229,19 @@ impl Network<'_> {
         let query = projection(self, "query", queries_from)?;
         let key = projection(self, "key", x)?;
         let value = projection(self, "value", x)?;
+        let Shared {
+            heads_shape: split,
+            merged_shape: merged,
+            sqrt_head_dim: root,
+            ..
+        } = &self.shared;
         let g = &mut *self.graph;
         // [N, t, dim] -> [N, t, heads, head_dim]; 0 keeps the input's size.
-        let split = g.ints(
-            format!("{name}.heads_shape"),
-            &[0, 0, heads, head_dim as i64],
-        );
         let mut heads_of = |what: &str, from: &str, perm: Vec<i64>| {
             let split = g.node(
                 format!("{name}.{what}_heads"),
                 "Reshape",
-                &[from, &split],
+                &[from, split],
                 vec![],
             );
             g.node(
@@ -249,11 +255,10 @@ impl Network<'_> {
         let key = heads_of("key", &key, vec![0, 2, 3, 1]); // [N, heads, head_dim, tokens]
         let value = heads_of("value", &value, vec![0, 2, 1, 3]); // [N, heads, tokens, head_dim]
         let scores = g.node(format!("{name}.scores"), "MatMul", &[&query, &key], vec![]);
-        let root = g.scalar(format!("{name}.sqrt_head_dim"), (head_dim as f32).sqrt());
         let scores = g.node(
             format!("{name}.scaled_scores"),
             "Div",
-            &[&scores, &root],
+            &[&scores, root],
             vec![],
         );
         let weights = g.node(
@@ -274,14 +279,30 @@ impl Network<'_> {
             &[&context],
             vec![Attribute::Ints("perm", vec![0, 2, 1, 3])],
         );
-        let merged = g.ints(format!("{name}.merged_shape"), &[0, 0, dim as i64]);
         let context = g.node(
             format!("{name}.context_merged"),
             "Reshape",
-            &[&context, &merged],
+            &[&context, merged],
             vec![],
         );
         self.linear(&format!("{name}.output"), &context, [dim, dim])
+    }
+
+    /// The trained tensor `name`, which must have `shape`, as an initializer of that name.
+    fn weight(&mut self, name: &str, shape: &[usize]) -> Result<String, ExportError> {
+        let values = self.weights.take(name, shape)?;
+        Ok(self.graph.floats(name, shape, &values))
+    }
+
+    /// The `[out, in]` weight `name` of a linear layer as an `[in, out]` initializer, the
+    /// matrix `MatMul` multiplies by.
+    fn transposed_weight(
+        &mut self,
+        name: &str,
+        [outputs, inputs]: [usize; 2],
+    ) -> Result<String, ExportError> {
+        let values = self.weights.take_transposed(name, [outputs, inputs])?;
+        Ok(self.graph.floats(name, &[inputs, outputs], &values))
     }
 
     /// `x · Wᵀ + b` for a linear layer whose PyTorch-layout weight is `[out, in]`.
@@ -291,14 +312,8 @@ impl Network<'_> {
         x: &str,
         [inputs, outputs]: [usize; 2],
     ) -> Result<String, ExportError> {
-        let weight = self
-            .weights
-            .take_transposed(&format!("{name}.weight"), [outputs, inputs])?;
-        let bias = self.weights.take(&format!("{name}.bias"), &[outputs])?;
-        let weight = self
-            .graph
-            .floats(format!("{name}.weight"), &[inputs, outputs], &weight);
-        let bias = self.graph.floats(format!("{name}.bias"), &[outputs], &bias);
+        let weight = self.transposed_weight(&format!("{name}.weight"), [outputs, inputs])?;
+        let bias = self.weight(&format!("{name}.bias"), &[outputs])?;
         let product = self
             .graph
             .node(format!("{name}.matmul"), "MatMul", &[x, &weight], vec![]);
@@ -310,10 +325,8 @@ impl Network<'_> {
     /// LayerNormalization over the last axis (opset 17).
     fn layer_norm(&mut self, name: &str, x: &str) -> Result<String, ExportError> {
         let dim = self.config.dim;
-        let scale = self.weights.take(&format!("{name}.weight"), &[dim])?;
-        let shift = self.weights.take(&format!("{name}.bias"), &[dim])?;
-        let scale = self.graph.floats(format!("{name}.weight"), &[dim], &scale);
-        let shift = self.graph.floats(format!("{name}.bias"), &[dim], &shift);
+        let scale = self.weight(&format!("{name}.weight"), &[dim])?;
+        let shift = self.weight(&format!("{name}.bias"), &[dim])?;
         Ok(self.graph.node(
             name.to_string(),
             "LayerNormalization",
@@ -328,13 +341,14 @@ impl Network<'_> {
     /// The exact GELU, `x · ½ · (1 + erf(x / √2))`, as Burn's: ONNX Runtime fuses it into one
     /// operation, and opset 17 has no Gelu of its own.
     fn gelu(&mut self, name: &str, x: &str) -> String {
-        let GeluConstants {
-            root_two,
+        let Shared {
+            sqrt_two,
             one,
             half,
-        } = &self.gelu;
+            ..
+        } = &self.shared;
         let g = &mut *self.graph;
-        let scaled = g.node(format!("{name}.scaled"), "Div", &[x, root_two], vec![]);
+        let scaled = g.node(format!("{name}.scaled"), "Div", &[x, sqrt_two], vec![]);
         let erf = g.node(format!("{name}.erf"), "Erf", &[&scaled], vec![]);
         let shifted = g.node(format!("{name}.shifted"), "Add", &[&erf, one], vec![]);
         let gated = g.node(format!("{name}.gated"), "Mul", &[x, &shifted], vec![]);
@@ -343,15 +357,13 @@ impl Network<'_> {
 
     /// The class token's row of `x` `[N, tokens, dim]`: `[N, 1, dim]`.
     fn first_token(&mut self, name: &str, x: &str) -> String {
-        let g = &mut *self.graph;
-        let starts = g.ints(format!("{name}.starts"), &[0]);
-        let ends = g.ints(format!("{name}.ends"), &[1]);
-        let axes = g.ints(format!("{name}.axes"), &[1]);
-        g.node(
-            name.to_string(),
-            "Slice",
-            &[x, &starts, &ends, &axes],
-            vec![],
-        )
+        let Shared {
+            first_start,
+            first_end,
+            token_axis,
+            ..
+        } = &self.shared;
+        let inputs = [x, first_start, first_end, token_axis];
+        self.graph.node(name.to_string(), "Slice", &inputs, vec![])
     }
 }
