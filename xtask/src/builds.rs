@@ -13,7 +13,7 @@ pub fn bench_command(serve: bool, args: &[String]) -> Result<Command, String> {
     if serve && backends.len() > 1 {
         return Err("bench --serve runs the server on one backend: name at most one".into());
     }
-    let mut cargo = bench_build(serve)?;
+    let mut cargo = bench_build(if serve { "serve" } else { "backends" })?;
     cargo.arg("--");
     let measured = if backends.is_empty() && !serve {
         BACKENDS.iter().map(ToString::to_string).collect()
@@ -23,26 +23,53 @@ pub fn bench_command(serve: bool, args: &[String]) -> Result<Command, String> {
     for backend in &measured {
         cargo.args(["--backend", backend]);
     }
-    // cargo runs benches in their package's directory: make `--out`, `--config` and
-    // `--run-dir` mean what the user meant.
-    let here = std::env::current_dir().map_err(|error| error.to_string())?;
-    let mut rest = rest.into_iter();
-    while let Some(arg) = rest.next() {
-        let is_path = arg == "--out" || arg == "--config" || arg == "--run-dir";
-        cargo.arg(arg);
-        if is_path && let Some(path) = rest.next() {
-            cargo.arg(here.join(path));
-        }
-    }
+    pass_paths(&mut cargo, rest)?;
     Ok(cargo)
 }
 
-/// The `cargo bench` of the `backends` or `serve` bench without arguments for the bench, with
-/// every backend's environment. Built like the tests (every backend the test build holds), so
-/// nothing is rebuilt.
-pub fn bench_build(serve: bool) -> Result<Command, String> {
+/// The `cargo bench` of the `remote` bench (compute servers against local training) with
+/// `args` for it.
+pub fn remote_bench_command(args: &[String]) -> Result<Command, String> {
+    let mut cargo = bench_build("remote")?;
+    cargo.arg("--");
+    pass_paths(&mut cargo, args.to_vec())?;
+    Ok(cargo)
+}
+
+/// Adds `args` to `cargo`'s command line. cargo runs benches in their package's directory:
+/// the paths after `--out`, `--config`, `--run-dir` and `--data-dir` are made to mean what
+/// the user meant.
+fn pass_paths(cargo: &mut Command, args: Vec<String>) -> Result<(), String> {
+    let here = std::env::current_dir().map_err(|error| error.to_string())?;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let is_path = ["--out", "--config", "--run-dir", "--data-dir"].contains(&arg.as_str());
+        cargo.arg(arg);
+        if is_path && let Some(path) = args.next() {
+            cargo.arg(here.join(path));
+        }
+    }
+    Ok(())
+}
+
+/// The `cargo bench` of the trainer's bench `name` without arguments for the bench, with
+/// every backend's environment. Built like the tests (every backend the test build holds; for
+/// the `remote` bench, flex with compute-server support, as its tests), so nothing is rebuilt.
+pub fn bench_build(name: &str) -> Result<Command, String> {
+    if name == "remote" {
+        // The build of the compute-server tests (`remote_suite` in main.rs).
+        let mut cargo = cargo(&["bench", "--profile", "dev", "--package", "vit-trainer"]);
+        cargo.args([
+            "--bench",
+            name,
+            "--no-default-features",
+            "--features",
+            "flex,remote",
+        ]);
+        return Ok(cargo);
+    }
     let mut cargo = cargo(&["bench", "--profile", "dev", "--workspace", "--bench"]);
-    cargo.arg(if serve { "serve" } else { "backends" });
+    cargo.arg(name);
     cargo.args(["--features", "vit-trainer/wgpu,vit-trainer/tch"]);
     for backend in BACKENDS {
         prepare(backend, &mut cargo)?;
@@ -60,7 +87,7 @@ pub fn bench_build(serve: bool) -> Result<Command, String> {
 /// Burn's features without the dev-dependencies and builds a second copy of Burn. So the binary
 /// comes from the bench's own build, `--no-run`, whose JSON messages name it.
 pub fn test_build_trainer(args: &[String]) -> Result<Command, String> {
-    let mut build = bench_build(false)?;
+    let mut build = bench_build("backends")?;
     build.args([
         "--no-run",
         "--locked",

@@ -16,7 +16,7 @@ use std::process::{Command, ExitCode};
 use clap::{Parser, Subcommand};
 
 use backend::{BACKENDS, Torch, prepare, take_backend, take_backends};
-use builds::{bench_command, cargo, exit_code, run_status};
+use builds::{bench_command, cargo, exit_code, remote_bench_command, run_status};
 
 /// The PyTorch twin of the model, run by `cargo xtask reference`.
 const REFERENCE_SCRIPT: &str = "tools/torch_reference.py";
@@ -24,6 +24,8 @@ const REFERENCE_SCRIPT: &str = "tools/torch_reference.py";
 const ONNX_SCRIPT: &str = "tools/onnx_runtime.py";
 /// Always in the test build: the unit tests are written against them and they need nothing.
 const CPU_BACKENDS: [&str; 2] = ["flex", "ndarray"];
+/// The trainer's feature for Burn compute servers.
+const REMOTE_FEATURE: &str = "remote";
 
 /// Project commands. Trainer commands take `--backend flex|ndarray|wgpu|tch` (default flex)
 /// and pass the rest to the trainer: `cargo xtask train --help` lists its arguments.
@@ -48,6 +50,8 @@ enum Task {
     Serve(Passed),
     /// Make a run directory from PyTorch-made weights.
     Import(Passed),
+    /// Host a backend's device for trainers elsewhere (`train --device ws://HOST:PORT`).
+    ComputeServer(Passed),
     /// Write a run's model as ONNX (`--format onnx`: model.onnx, opset 17).
     Export(Passed),
     /// A static folder with a page that classifies digits in the browser (ONNX Runtime Web).
@@ -75,7 +79,8 @@ enum Task {
     /// Speed and memory per backend beside PyTorch eager (docs/benchmarks.md).
     ///
     /// `cargo xtask bench [--backend B]… [--rounds N] [--out FILE] [--config FILE]`,
-    /// `bench --criterion [args…]`, `bench --serve --run-dir R [--clients C] [--requests N]`
+    /// `bench --criterion [args…]`, `bench --serve --run-dir R [--clients C] [--requests N]`,
+    /// `bench --remote [--config F] [--data-dir D] [--images N]` (compute servers)
     Bench(Passed),
     /// wgpu and tch on an NVIDIA GPU beside PyTorch CUDA eager, and the tutorial on the faster.
     GpuCheck(gpu_check::Args),
@@ -107,6 +112,7 @@ fn run(task: Task) -> Result<ExitCode, String> {
         Task::Explain(passed) => trainer("explain", &passed.args),
         Task::Serve(passed) => trainer("serve", &passed.args),
         Task::Import(passed) => trainer("import", &passed.args),
+        Task::ComputeServer(passed) => trainer("compute-server", &passed.args),
         Task::Export(passed) => trainer("export", &passed.args),
         Task::Web(args) => {
             web::run(&args, |path| export_onnx(&args.run_dir, path)).map(|()| ExitCode::SUCCESS)
@@ -125,16 +131,28 @@ fn trainer(command: &str, args: &[String]) -> Result<ExitCode, String> {
     replace_process(&mut trainer_command(command, args)?)
 }
 
-/// `cargo run` of the trainer's `command`, built with the one backend `args` names.
+/// Whether a trainer's arguments name a compute server (`--device ws://…`).
+fn names_compute_server(args: &[String]) -> bool {
+    args.iter()
+        .any(|arg| arg.starts_with("ws://") || arg.starts_with("--device=ws://"))
+}
+
+/// `cargo run` of the trainer's `command`, built with the one backend `args` names, and with
+/// compute-server support (the `remote` feature) when the command serves or uses one.
 fn trainer_command(command: &str, args: &[String]) -> Result<Command, String> {
     let (backend, trainer_args) = take_backend(args)?;
+    let features = if command == "compute-server" || names_compute_server(&trainer_args) {
+        format!("{backend},{REMOTE_FEATURE}")
+    } else {
+        backend.clone()
+    };
     // Not `--quiet`: the first build of Burn takes minutes, and cargo's progress shows it.
     eprintln!(
         "building the trainer with the {backend} backend (the first build compiles Burn: \
          about 15 minutes on 2 cores; later ones take seconds)"
     );
     let mut cargo = cargo(&["run", "--package", "vit-trainer"]);
-    cargo.args(["--no-default-features", "--features", &backend]);
+    cargo.args(["--no-default-features", "--features", &features]);
     cargo.arg("--").arg(command).args(trainer_args);
     prepare(&backend, &mut cargo)?;
     Ok(cargo)
@@ -178,7 +196,8 @@ fn replace_process(command: &mut Command) -> Result<ExitCode, String> {
 }
 
 /// The workspace's tests in one build holding flex, ndarray and the named backends (every
-/// backend when none is named); each test picks its device at run time.
+/// backend when none is named; each test picks its device at run time), then the compute-server
+/// tests in a build of their own (see [`remote_suite`]).
 fn test(args: &[String]) -> Result<ExitCode, String> {
     let (mut backends, cargo_args) = take_backends(args)?;
     if backends.is_empty() {
@@ -193,11 +212,56 @@ fn test(args: &[String]) -> Result<ExitCode, String> {
     if !extra.is_empty() {
         cargo.args(["--features", &extra.join(",")]);
     }
-    cargo.args(cargo_args);
+    cargo.args(&cargo_args);
     for backend in &backends {
         prepare(backend, &mut cargo)?;
     }
-    exit_code(&mut cargo)
+    let code = exit_code(&mut cargo)?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    match remote_suite(&cargo_args) {
+        Some(mut remote) => exit_code(&mut remote),
+        None => Ok(code),
+    }
+}
+
+/// The compute-server tests (`crates/trainer/tests/remote.rs`), built with flex and the
+/// `remote` feature alone: in Burn 0.22.1 a remote client built with op fusion (which the wgpu
+/// backend brings into a build) fails on replayed operation graphs (docs/remote.md). Gets
+/// `--no-run` and the test filters of `cargo_args`; none when they name packages without
+/// the trainer.
+fn remote_suite(cargo_args: &[String]) -> Option<Command> {
+    let (cargo_only, harness) = match cargo_args.iter().position(|arg| arg == "--") {
+        Some(split) => (&cargo_args[..split], &cargo_args[split..]),
+        None => (cargo_args, &[][..]),
+    };
+    let packages: Vec<&String> = cargo_only
+        .windows(2)
+        .filter(|pair| pair[0] == "-p" || pair[0] == "--package")
+        .map(|pair| &pair[1])
+        .collect();
+    if !packages.is_empty() && !packages.iter().any(|package| *package == "vit-trainer") {
+        return None;
+    }
+    let mut cargo = cargo(&[
+        "test",
+        "--locked",
+        "--package",
+        "vit-trainer",
+        "--test",
+        "remote",
+    ]);
+    cargo.args([
+        "--no-default-features",
+        "--features",
+        &format!("flex,{REMOTE_FEATURE}"),
+    ]);
+    if cargo_only.iter().any(|arg| arg == "--no-run") {
+        cargo.arg("--no-run");
+    }
+    cargo.args(harness);
+    Some(cargo)
 }
 
 /// A script of `tools/` with the Python that `setup --backend tch` prepared (torch, onnx,
@@ -226,6 +290,9 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
         cargo.args(packages).args(["--features", "vit-model/flex"]);
         cargo.arg("--").args(criterion_args);
         return exit_code(&mut cargo);
+    }
+    if args.first().is_some_and(|first| first == "--remote") {
+        return exit_code(&mut remote_bench_command(&args[1..])?);
     }
     let serve = args.first().is_some_and(|first| first == "--serve");
     let args = if serve { &args[1..] } else { args };

@@ -57,7 +57,11 @@ fn no_two_files_of_the_workspace_import_each_other() {
             }
         }
     }
-    assert!(circles.is_empty(), "files importing each other:\n{}", circles.join("\n"));
+    assert!(
+        circles.is_empty(),
+        "files importing each other:\n{}",
+        circles.join("\n")
+    );
 }
 
 /// The checker itself finds a circle, a re-export and a child module's path.
@@ -72,15 +76,29 @@ fn a_circle_through_a_re_export_is_found() {
         "mod c;\nfn f() { c::g(); }\nmod tests {\n    use super::f;\n}\n",
     )
     .unwrap();
-    fs::write(src.join("a/c.rs"), "use crate::Thing; // crate::a\nfn g() {}\n").unwrap();
-    fs::write(src.join("b.rs"), "use crate::a::{self as x};\npub struct Thing;\n").unwrap();
+    fs::write(
+        src.join("a/c.rs"),
+        "use crate::Thing; // crate::a\nfn g() {}\n",
+    )
+    .unwrap();
+    fs::write(
+        src.join("b.rs"),
+        "use crate::a::{self as x};\npub struct Thing;\n",
+    )
+    .unwrap();
     let edges = dependencies(&crate_files(&dir));
     let path = |parts: &[&str]| parts.iter().map(ToString::to_string).collect::<Vec<_>>();
     assert!(edges[&path(&["a"])].contains(&path(&["a", "c"])));
     assert!(edges[&path(&["a", "c"])].contains(&path(&["b"])));
     assert!(edges[&path(&["b"])].contains(&path(&["a"])));
-    assert!(!edges[&path(&["a"])].contains(&path(&[])), "an inline module's super is its file");
-    assert!(!edges[&path(&["a", "c"])].contains(&path(&["a"])), "a comment is not an import");
+    assert!(
+        !edges[&path(&["a"])].contains(&path(&[])),
+        "an inline module's super is its file"
+    );
+    assert!(
+        !edges[&path(&["a", "c"])].contains(&path(&["a"])),
+        "a comment is not an import"
+    );
     fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -92,7 +110,8 @@ fn tempdir() -> PathBuf {
 
 fn display(path: &Path) -> String {
     let text = path.display().to_string();
-    text.split_once("/../").map_or(text.clone(), |(_, rest)| rest.to_string())
+    text.split_once("/../")
+        .map_or(text.clone(), |(_, rest)| rest.to_string())
 }
 
 /// The files under `dir/src` by module path (the library's tree where there is one, else the
@@ -101,7 +120,11 @@ fn crate_files(dir: &Path) -> Crate {
     let src = dir.join("src");
     let mut files = BTreeMap::new();
     collect(&src, &src, &mut files);
-    let root = if src.join("lib.rs").is_file() { "lib.rs" } else { "main.rs" };
+    let root = if src.join("lib.rs").is_file() {
+        "lib.rs"
+    } else {
+        "main.rs"
+    };
     files.insert(Vec::new(), src.join(root));
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
     Crate { name, files }
@@ -350,7 +373,11 @@ fn expand(tree: &[Token]) -> Vec<(ModulePath, Option<String>)> {
     paths
 }
 
-fn expand_into(tree: &[Token], prefix: &mut ModulePath, out: &mut Vec<(ModulePath, Option<String>)>) {
+fn expand_into(
+    tree: &[Token],
+    prefix: &mut ModulePath,
+    out: &mut Vec<(ModulePath, Option<String>)>,
+) {
     let mut path = prefix.clone();
     let mut index = 0;
     while index < tree.len() {
@@ -434,7 +461,9 @@ fn tokenize(source: &str) -> Vec<Token> {
                 index += 1;
             }
             index += 2;
-        } else if c == 'r' && (next == Some('"') || next == Some('#')) && is_raw_string(&chars, index)
+        } else if c == 'r'
+            && (next == Some('"') || next == Some('#'))
+            && is_raw_string(&chars, index)
         {
             index = skip_raw_string(&chars, index);
         } else if c == '"' {

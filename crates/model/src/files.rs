@@ -66,4 +66,3 @@ fn temporary_sibling(path: &Path) -> PathBuf {
     temporary.push(".tmp");
     PathBuf::from(temporary)
 }
-

@@ -157,7 +157,8 @@ impl Vit {
         };
         let [_, _, dim] = self.position_embedding.dims();
         // [batch, 16, dim]
-        let tokens = vit_ops::linear(&self.patch_embedding, patches).reshape([batch, rows * cols, dim]);
+        let tokens =
+            vit_ops::linear(&self.patch_embedding, patches).reshape([batch, rows * cols, dim]);
 
         let class_token = self.class_token.val().repeat_dim(0, batch); // [batch, 1, dim]
         let x = Tensor::cat(vec![class_token, tokens], 1) + self.position_embedding.val();
@@ -192,7 +193,12 @@ impl Vit {
             let [outputs, inputs, _, _] = convolution.weight.dims();
             let padded = map.pad([(1, 1), (1, 1), (0, 0)], PadMode::Constant(0.0));
             let shifted: Vec<Tensor<4>> = (0..9)
-                .map(|k| padded.clone().narrow(1, k / 3, height).narrow(2, k % 3, width))
+                .map(|k| {
+                    padded
+                        .clone()
+                        .narrow(1, k / 3, height)
+                        .narrow(2, k % 3, width)
+                })
                 .collect();
             // [batch * h * w, 9 * inputs], columns ordered (kernel row, kernel column, channel)
             let columns = Tensor::cat(shifted, 3).reshape([batch * height * width, 9 * inputs]);
@@ -298,7 +304,10 @@ fn first_tokens(x: Tensor<2>, batch: usize, kept: usize) -> Tensor<2> {
 
 impl MlpHead {
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        vit_ops::linear(&self.output, vit_ops::gelu(vit_ops::linear(&self.hidden, x)))
+        vit_ops::linear(
+            &self.output,
+            vit_ops::gelu(vit_ops::linear(&self.hidden, x)),
+        )
     }
 }
 
@@ -399,11 +408,20 @@ mod tests {
         );
         let trained = model.forward(images.clone());
         let inferred = model.valid().forward(images.inner());
-        let diff = (trained.clone().inner() - inferred).abs().max().into_scalar::<f32>();
-        assert!(diff < 1e-5, "training and inference logits differ by {diff}");
+        let diff = (trained.clone().inner() - inferred)
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert!(
+            diff < 1e-5,
+            "training and inference logits differ by {diff}"
+        );
         let gradients = trained.sum().backward();
         for convolution in &model.stem {
-            let gradient = convolution.weight.grad(&gradients).expect("a stem gradient");
+            let gradient = convolution
+                .weight
+                .grad(&gradients)
+                .expect("a stem gradient");
             assert!(gradient.abs().sum().into_scalar::<f32>() > 0.0);
         }
     }

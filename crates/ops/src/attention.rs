@@ -53,13 +53,8 @@ pub fn self_attention_with_weights(
 ) -> (Tensor<2>, Tensor<4>) {
     let tokens = x.dims()[0] / images;
     let qkv = projections(attention, x, None);
-    let (context, weights) = composed_attention(
-        qkv,
-        images,
-        attention.n_heads,
-        tokens,
-        &attention.dropout,
-    );
+    let (context, weights) =
+        composed_attention(qkv, images, attention.n_heads, tokens, &attention.dropout);
     (layers::linear(&attention.output, context), weights)
 }
 

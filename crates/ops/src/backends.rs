@@ -16,10 +16,7 @@ macro_rules! host_kernels {
             }
         }
 
-        fn fused_gelu_backward(
-            x: FloatTensor<Self>,
-            grad: FloatTensor<Self>,
-        ) -> FloatTensor<Self> {
+        fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
             if all_f32::<Self>(&[&x, &grad]) {
                 host_gelu_backward::<Self>(x, grad)
             } else {

@@ -56,4 +56,3 @@ pub(crate) fn composed_softmax_backward<B: Backend>(
     let projection = B::float_sum_dim(B::float_mul(grad.clone(), output.clone()), last);
     B::float_mul(output, B::float_sub(grad, projection))
 }
-

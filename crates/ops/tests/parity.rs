@@ -165,7 +165,14 @@ fn fused_attention_matches_burns_composed_one_on_every_backend() {
                 vit_ops::attention::attention(qkv.clone(), images, heads, kept, &no_dropout)
             });
             let composed = values_and_gradients(&[qkv], &weights, |[qkv]| {
-                vit_ops::attention::composed_attention(qkv.clone(), images, heads, kept, &no_dropout).0
+                vit_ops::attention::composed_attention(
+                    qkv.clone(),
+                    images,
+                    heads,
+                    kept,
+                    &no_dropout,
+                )
+                .0
             });
             let what = format!(
                 "attention on {name}, {images} images × {tokens} tokens, {heads} heads of \
@@ -353,7 +360,6 @@ fn trainer_adam_matches_burns_on_every_backend() {
     }
 }
 
-
 /// The layer-level attention on Burn's own `MultiHeadAttention` parameters gives that layer's
 /// `forward` and its input gradient on every backend (the scale folded into the query weights
 /// and the lane orders are this crate's business, not the caller's): every token kept, and the
@@ -393,7 +399,10 @@ fn self_attention_matches_burns_multi_head_attention_on_every_backend() {
         assert_close(
             &what,
             &[floats(context), floats(weights)],
-            &[floats(burns.context.reshape([images * tokens, dim])), floats(burns.weights)],
+            &[
+                floats(burns.context.reshape([images * tokens, dim])),
+                floats(burns.weights),
+            ],
         );
         println!("{name}: the layer-level self-attention agrees with Burn's MultiHeadAttention");
     }

@@ -142,9 +142,15 @@ pub fn torch_device(_requested: Option<TorchDevice>) -> anyhow::Result<Device> {
 }
 
 /// Runs one tiny operation on `device`. Backends start lazily and report a missing driver or
-/// library by panicking, often on a thread of their own, so every panic's report is caught
-/// while this runs (instead of printed) and the first one returned.
+/// library by panicking, often on a thread of their own.
 fn start(device: &Device) -> Result<(), String> {
+    quiet_panics(|| Tensor::<1>::ones([1], device).into_data()).map(drop)
+}
+
+/// Runs `work`, catching its panic, and every panic's report on any thread while it runs is
+/// kept instead of printed: the first one is the error. For backends that report a failure by
+/// panicking (a driver missing, a compute server gone).
+pub fn quiet_panics<T>(work: impl FnOnce() -> T) -> Result<T, String> {
     let reports = Arc::new(Mutex::new(Vec::<String>::new()));
     let previous = std::panic::take_hook();
     let sink = Arc::clone(&reports);
@@ -163,16 +169,14 @@ fn start(device: &Device) -> Result<(), String> {
             reports.push(message);
         }
     }));
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        Tensor::<1>::ones([1], device).into_data()
-    }));
+    let outcome = catch_unwind(AssertUnwindSafe(work));
     std::panic::set_hook(previous);
     let first = reports
         .lock()
         .ok()
         .and_then(|reports| reports.first().cloned());
     match outcome {
-        Ok(_) => Ok(()),
+        Ok(value) => Ok(value),
         Err(_) => Err(first.unwrap_or_else(|| "an unknown failure".into())),
     }
 }

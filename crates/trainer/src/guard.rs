@@ -37,6 +37,8 @@ impl std::fmt::Debug for DivergenceGuard {
 struct GuardState {
     interrupter: Mutex<Option<Interrupter>>,
     steps_per_epoch: AtomicUsize,
+    /// Devices that each run every step (and call the guard once per step).
+    devices: AtomicUsize,
     first_epoch: AtomicUsize,
     steps: AtomicUsize,
     divergence: Mutex<Option<Divergence>>,
@@ -63,8 +65,15 @@ impl DivergenceGuard {
         }
     }
 
-    /// Arms the guard for a run that starts at `first_epoch` (1-based).
-    pub fn arm(&self, interrupter: Interrupter, steps_per_epoch: usize, first_epoch: usize) {
+    /// Arms the guard for a run on `devices` devices that starts at `first_epoch` (1-based).
+    pub fn arm(
+        &self,
+        interrupter: Interrupter,
+        steps_per_epoch: usize,
+        first_epoch: usize,
+        devices: usize,
+    ) {
+        self.state.devices.store(devices.max(1), Ordering::Relaxed);
         *self.state.interrupter.lock().expect("guard lock") = Some(interrupter);
         self.state
             .steps_per_epoch
@@ -72,8 +81,9 @@ impl DivergenceGuard {
         self.state.first_epoch.store(first_epoch, Ordering::Relaxed);
     }
 
-    /// Where the `index`-th step (0-based) of this launch falls: (epoch, 1-based step).
+    /// Where the `index`-th call (0-based) of this launch falls: (epoch, 1-based step).
     fn position(&self, index: usize) -> (usize, usize) {
+        let index = index / self.state.devices.load(Ordering::Relaxed).max(1);
         let per_epoch = self.state.steps_per_epoch.load(Ordering::Relaxed).max(1);
         let first_epoch = self.state.first_epoch.load(Ordering::Relaxed);
         (first_epoch + index / per_epoch, index % per_epoch + 1)
@@ -132,7 +142,7 @@ mod tests {
         let device = Device::flex();
         let guard = DivergenceGuard::default();
         let interrupter = Interrupter::new();
-        guard.arm(interrupter.clone(), 10, 3);
+        guard.arm(interrupter.clone(), 10, 3, 1);
         let loss = |v: f32| Tensor::<1>::from_floats([v], &device);
 
         for _ in 0..12 {

@@ -9,6 +9,7 @@ pub mod backend;
 mod charts;
 pub mod commands;
 mod config;
+pub mod devices;
 mod evaluation;
 mod guard;
 mod history;

@@ -61,7 +61,11 @@ impl AdamStep {
         moment_1: &mut [f32],
         moment_2: &mut [f32],
     ) {
-        assert_eq!(updated.len(), parameter.len(), "one updated value per value");
+        assert_eq!(
+            updated.len(),
+            parameter.len(),
+            "one updated value per value"
+        );
         let update = self.update();
         let values = parameter
             .iter()

@@ -3,6 +3,7 @@
 
 mod args;
 mod augment_preview;
+mod compute_server;
 mod eval;
 pub(crate) mod explain;
 mod export;
@@ -13,7 +14,9 @@ mod train;
 
 use clap::{Parser, Subcommand};
 
-use crate::backend;
+use std::path::PathBuf;
+
+use crate::devices::{self, DeviceArg};
 
 #[derive(Parser)]
 #[command(
@@ -23,10 +26,16 @@ use crate::backend;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// The libtorch device for the tch backend: `cpu`, `cuda` or `cuda:N` [default: the first
-    /// CUDA device when libtorch sees one, else the CPU].
-    #[arg(long, global = true, value_name = "cpu|cuda[:N]")]
-    device: Option<backend::TorchDevice>,
+    /// Where to run: a libtorch device of the tch backend (`cpu`, `cuda`, `cuda:N`) or a
+    /// compute server (`ws://HOST:PORT`); repeated, `train` trains on all of them at once, the
+    /// batch split between them [default: this build's backend; for tch the first CUDA device
+    /// libtorch sees, else the CPU].
+    #[arg(long, global = true, value_name = "DEVICE")]
+    device: Vec<DeviceArg>,
+    /// A file whose first line is the compute servers' token [default: $VIT_REMOTE_TOKEN];
+    /// for `compute-server`, the token it asks of clients [default: none].
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -53,19 +62,25 @@ enum Command {
     Import(import::Args),
     /// Predict the digit of PNG/JPEG images (any size) or of the images in an IDX file.
     Infer(infer::Args),
+    /// Host this build's device for trainers on other machines (`--device ws://HOST:PORT`),
+    /// over Burn's remote server, until Ctrl-C or SIGTERM.
+    ComputeServer(compute_server::Args),
 }
 
-/// Runs the command `cli` names on the device it selects.
+/// Runs the command `cli` names on the devices it selects.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let device = backend::select(cli.device)?;
+    let devices = devices::select(&cli.device, cli.token_file.as_deref())?;
     match cli.command {
-        Command::Train(args) => train::exec(args, &device),
-        Command::Eval(args) => eval::exec(args, &device),
-        Command::Export(args) => export::exec(args, &device),
+        Command::Train(args) => train::exec(args, &devices),
+        Command::Eval(args) => eval::exec(args, devices.single()?),
+        Command::Export(args) => export::exec(args, devices.single()?),
         Command::AugmentPreview(args) => augment_preview::exec(args),
-        Command::Explain(args) => explain::exec(args, &device),
-        Command::Serve(args) => serve::exec(args, device),
-        Command::Import(args) => import::exec(args, &device),
-        Command::Infer(args) => infer::exec(args, &device),
+        Command::Explain(args) => explain::exec(args, devices.single()?),
+        Command::Serve(args) => serve::exec(args, devices.single()?.clone()),
+        Command::Import(args) => import::exec(args, devices.single()?),
+        Command::Infer(args) => infer::exec(args, devices.single()?),
+        Command::ComputeServer(args) => {
+            compute_server::exec(args, devices.single()?.clone(), cli.token_file.as_deref())
+        }
     }
 }

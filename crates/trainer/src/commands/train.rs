@@ -2,10 +2,9 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::Device;
-
 use super::args::DataArgs;
 use crate::config::TrainingConfig;
+use crate::devices::Devices;
 use crate::run_dir::{RunDir, default_run_name};
 use crate::training;
 
@@ -34,7 +33,7 @@ pub struct Args {
     no_test: bool,
 }
 
-pub fn exec(args: Args, device: &Device) -> anyhow::Result<()> {
+pub fn exec(args: Args, devices: &Devices) -> anyhow::Result<()> {
     let test = if args.no_test {
         training::TestSet::Untouched
     } else {
@@ -43,22 +42,37 @@ pub fn exec(args: Args, device: &Device) -> anyhow::Result<()> {
     if let Some(path) = args.resume {
         let run = RunDir::resume(&path)?;
         let config = TrainingConfig::load(&run.training_config_path())?;
+        check_split(&config, devices)?;
         let prepared = training::prepare(&config, &args.data.dir()?, test)?;
         println!(
             "resuming {} after epoch {}",
             run.path().display(),
             run.last_checkpoint()
         );
-        return training::resume(prepared, &run, device).map(drop);
+        return training::resume(prepared, &run, devices).map(drop);
     }
     let mut config = TrainingConfig::load(&args.config)?;
     if let Some(epochs) = args.epochs {
         config.epochs = epochs;
         config.validate()?;
     }
+    check_split(&config, devices)?;
     // Everything that can fail on the data fails before the run directory exists.
     let prepared = training::prepare(&config, &args.data.dir()?, test)?;
     let name = args.run.unwrap_or_else(|| default_run_name(&args.config));
     let run = RunDir::create(&args.artifacts, &name)?;
-    training::start(prepared, &run, device).map(drop)
+    training::start(prepared, &run, devices).map(drop)
+}
+
+/// Each device trains a part of every batch: there must be at least one image per device.
+fn check_split(config: &TrainingConfig, devices: &Devices) -> anyhow::Result<()> {
+    let count = devices.devices.len();
+    if config.batch_size < count {
+        anyhow::bail!(
+            "batch_size {} cannot be split between {count} devices: each trains a part of \
+             every batch",
+            config.batch_size
+        );
+    }
+    Ok(())
 }

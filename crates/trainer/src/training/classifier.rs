@@ -1,5 +1,6 @@
 //! The ViT with its training loss, as burn-train's Learner wants it: a training step (cut into
-//! slices run side by side on the host backends) and a validation step.
+//! slices run side by side on the host backends, its loss weighted by the device's share of the
+//! step on several devices) and a validation step.
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
@@ -7,6 +8,7 @@ use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use vit_data::MnistBatch;
 use vit_model::Vit;
 
+use super::loader::StepBatch;
 use crate::guard::DivergenceGuard;
 use crate::parallel;
 
@@ -38,21 +40,36 @@ impl Classifier {
 }
 
 impl TrainStep for Classifier {
-    type Input = MnistBatch;
+    type Input = StepBatch;
     type Output = ClassificationOutput;
 
-    fn step(&self, batch: MnistBatch) -> TrainOutput<ClassificationOutput> {
+    /// The gradients of this device's part of the step: its mean loss times its `share`, so
+    /// that the devices' gradients sum to the whole batch's. The loss reported is the part's
+    /// own mean.
+    fn step(&self, StepBatch { batch, share }: StepBatch) -> TrainOutput<ClassificationOutput> {
         self.guard.before_step();
         let size = batch.targets.dims()[0];
         let slices = parallel::step_slices(&batch.targets.device(), size);
+        let weighted = |loss: Tensor<1>| {
+            if share == 1.0 {
+                loss
+            } else {
+                loss.mul_scalar(share)
+            }
+        };
         let (grads, loss, outputs) =
             parallel::sliced_gradients(self, size, slices, |model, range| {
                 let output = model.classify(MnistBatch {
                     images: batch.images.clone().slice(range.clone()),
                     targets: batch.targets.clone().slice(range),
                 });
-                (output.loss.clone(), output)
+                (weighted(output.loss.clone()), output)
             });
+        let loss = if share == 1.0 {
+            loss
+        } else {
+            loss.div_scalar(share)
+        };
         let output = whole_batch(loss, outputs);
         self.guard.check(&output.loss);
         TrainOutput {
@@ -81,4 +98,3 @@ impl InferenceStep for Classifier {
         self.output(self.vit.forward_in_slices(batch.images), batch.targets)
     }
 }
-

@@ -3,11 +3,10 @@
 //! epochs a resumed run trains are the ones an uninterrupted run would have trained.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::bail;
-use burn::data::dataloader::{DataLoader, DataLoaderBuilder, DataLoaderIterator};
+use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataset::Dataset;
 use burn::prelude::*;
 use burn::train::checkpoint::{
@@ -16,16 +15,19 @@ use burn::train::checkpoint::{
 use burn::train::metric::store::{Aggregate, Direction, Split as MetricSplit};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
 use burn::train::{
-    Learner, LearningResult, MetricEarlyStoppingStrategy, StoppingCondition, SupervisedTraining,
+    ExecutionStrategy, Learner, LearningResult, MetricEarlyStoppingStrategy, MultiDeviceOptim,
+    StoppingCondition, SupervisedTraining,
 };
 use serde::{Deserialize, Serialize};
+use vit_data::MnistBatcher;
 use vit_data::augment::AugmentedDataset;
-use vit_data::epochs::{EpochClock, EpochShuffled, epoch_seed};
-use vit_data::{MnistBatch, MnistBatcher, MnistItem};
+use vit_data::epochs::EpochClock;
 
 use super::classifier::Classifier;
+use super::loader::epoch_loader;
 use super::prepare::Prepared;
-use crate::config::TrainingConfig;
+use crate::backend::quiet_panics;
+use crate::devices::Devices;
 use crate::guard::DivergenceGuard;
 use crate::history::{self, EpochMetrics};
 use crate::renderer::LineRenderer;
@@ -56,7 +58,7 @@ pub struct Fitted {
 }
 
 /// Trains what `run` has not trained yet and reads back every epoch's figures.
-pub fn fit(prepared: &Prepared, run: &RunDir, device: &Device) -> anyhow::Result<Fitted> {
+pub fn fit(prepared: &Prepared, run: &RunDir, devices: &Devices) -> anyhow::Result<Fitted> {
     let record = match run.read_json::<FitRecord>(FIT_FILE)? {
         Some(record) => {
             println!(
@@ -67,7 +69,7 @@ pub fn fit(prepared: &Prepared, run: &RunDir, device: &Device) -> anyhow::Result
             record
         }
         None => {
-            let record = launch(prepared, run, device)?;
+            let record = launch(prepared, run, devices)?;
             run.write_json(FIT_FILE, &record)?;
             record
         }
@@ -78,8 +80,9 @@ pub fn fit(prepared: &Prepared, run: &RunDir, device: &Device) -> anyhow::Result
 }
 
 /// One launch of the Learner, from the last complete checkpoint.
-fn launch(prepared: &Prepared, run: &RunDir, device: &Device) -> anyhow::Result<FitRecord> {
+fn launch(prepared: &Prepared, run: &RunDir, devices: &Devices) -> anyhow::Result<FitRecord> {
     let config = &prepared.config;
+    let device = devices.main();
     let resume_from = run.last_checkpoint();
     run.forget_epochs_after(resume_from)?;
     let train_images = prepared.train_set.len();
@@ -93,9 +96,10 @@ fn launch(prepared: &Prepared, run: &RunDir, device: &Device) -> anyhow::Result<
         guard: guard.clone(),
     };
     println!(
-        "training {} parameters on {device:?}: {train_images} training and {} validation \
+        "training {} parameters on {}: {train_images} training and {} validation \
          images, epochs {}-{}, run directory {}",
         model.num_params(),
+        devices.names.join(" + "),
         prepared.valid_set.len(),
         resume_from + 1,
         config.epochs,
@@ -103,16 +107,23 @@ fn launch(prepared: &Prepared, run: &RunDir, device: &Device) -> anyhow::Result<
     );
     let scheduler = config.scheduler(config.epochs * steps_per_epoch)?;
     let learner = Learner::new(model, config.optimizer(), scheduler);
-    let mut training = supervised_training(prepared, run, device, resume_from);
-    guard.arm(training.interrupter(), steps_per_epoch, resume_from + 1);
+    let mut training = supervised_training(prepared, run, devices, resume_from);
+    guard.arm(
+        training.interrupter(),
+        steps_per_epoch,
+        resume_from + 1,
+        devices.devices.len(),
+    );
     if resume_from > 0 {
         training = training.checkpoint(resume_from);
     }
 
     let learner_start = Instant::now();
-    let result = training.launch(learner);
+    // A compute server that goes away fails the next operation on its device with a panic.
+    let result = quiet_panics(|| training.launch(learner))
+        .map_err(|panic| lost_devices(&panic, devices, run))?;
     let learner_seconds = learner_start.elapsed().as_secs_f64();
-    check_outcome(&result, &guard, run)?;
+    check_outcome(&result, &guard, run, devices)?;
 
     let epochs_run = run.last_checkpoint();
     if epochs_run < config.epochs && config.early_stopping.is_none() {
@@ -134,10 +145,11 @@ fn launch(prepared: &Prepared, run: &RunDir, device: &Device) -> anyhow::Result<
 fn supervised_training(
     prepared: &Prepared,
     run: &RunDir,
-    device: &Device,
+    devices: &Devices,
     resume_from: usize,
 ) -> SupervisedTraining<Classifier> {
     let config = &prepared.config;
+    let (device, count) = (devices.main(), devices.devices.len());
     let clock = EpochClock::starting_at(resume_from + 1);
     let train_loader = match &config.augment {
         Some(augment) => epoch_loader(
@@ -150,8 +162,9 @@ fn supervised_training(
             config,
             clock,
             device,
+            count,
         ),
-        None => epoch_loader(prepared.train_set.clone(), config, clock, device),
+        None => epoch_loader(prepared.train_set.clone(), config, clock, device, count),
     };
     let valid_loader = DataLoaderBuilder::new(MnistBatcher)
         .batch_size(config.batch_size)
@@ -168,6 +181,12 @@ fn supervised_training(
         ))
         .num_epochs(config.epochs)
         .summary();
+    if count > 1 {
+        // The model and the optimiser live on the first device, which sums the gradients.
+        let strategy =
+            ExecutionStrategy::multi(devices.devices.clone(), MultiDeviceOptim::OptimMainDevice);
+        training = training.with_training_strategy(strategy.into());
+    }
     if let Some(early_stopping) = &config.early_stopping {
         training = training.early_stopping(MetricEarlyStoppingStrategy::new(
             &LossMetric::new(),
@@ -191,12 +210,9 @@ fn check_outcome(
     result: &LearningResult<Classifier>,
     guard: &DivergenceGuard,
     run: &RunDir,
+    devices: &Devices,
 ) -> anyhow::Result<()> {
-    let last = run.last_checkpoint();
-    let resume = format!(
-        "the last complete checkpoint is epoch {last} in {}",
-        run.checkpoint_dir().display()
-    );
+    let resume = resume_hint(run);
     if let Some(divergence) = guard.divergence() {
         bail!(
             "training diverged: the loss became {} at epoch {}, step {}. Nothing was exported; \
@@ -207,7 +223,7 @@ fn check_outcome(
         );
     }
     if let Some(error) = &result.error {
-        bail!("training failed: {error}. Nothing was exported; {resume}.");
+        return Err(lost_devices(&error.to_string(), devices, run));
     }
     if let Some(interruption) = &result.interrupted {
         let reason = interruption
@@ -221,6 +237,31 @@ fn check_outcome(
         );
     }
     Ok(())
+}
+
+fn resume_hint(run: &RunDir) -> String {
+    format!(
+        "the last complete checkpoint is epoch {} in {}",
+        run.last_checkpoint(),
+        run.checkpoint_dir().display()
+    )
+}
+
+/// The error of a launch that failed with `failure`, naming the compute servers that no longer
+/// answer, if any: the likely cause, and what `train --resume` needs back.
+fn lost_devices(failure: &str, devices: &Devices, run: &RunDir) -> anyhow::Error {
+    let resume = resume_hint(run);
+    let gone = devices.unreachable_servers();
+    if gone.is_empty() {
+        return anyhow::anyhow!("training failed: {failure}. Nothing was exported; {resume}.");
+    }
+    anyhow::anyhow!(
+        "training stopped: the compute server {} no longer answers. Nothing was exported; \
+         {resume}; `train --resume {}` with the same --device list continues once it is back. \
+         The backend said: {failure}",
+        gone.join(" and "),
+        run.path().display()
+    )
 }
 
 /// Keeps the last `last` checkpoints (to resume from, and to average) and, when the run is
@@ -238,63 +279,4 @@ fn keep_last_and_best(last: usize, validated: bool) -> ComposedCheckpointingStra
             MetricSplit::Valid,
         ))
         .build()
-}
-
-fn epoch_loader(
-    dataset: impl Dataset<MnistItem> + 'static,
-    config: &TrainingConfig,
-    clock: EpochClock,
-    device: &Device,
-) -> Arc<dyn DataLoader<MnistBatch>> {
-    let inner = DataLoaderBuilder::new(MnistBatcher)
-        .batch_size(config.batch_size)
-        .num_workers(config.num_workers)
-        .build(EpochShuffled::new(dataset, config.seed, clock.clone()));
-    Arc::new(EpochLoader {
-        inner,
-        clock,
-        seed: config.seed,
-        device: device.clone(),
-    })
-}
-
-/// The training loader: each pass over it is the clock's next epoch, and the backend's random
-/// draws (dropout) in that epoch are seeded from (seed, epoch).
-struct EpochLoader {
-    inner: Arc<dyn DataLoader<MnistBatch>>,
-    clock: EpochClock,
-    seed: u64,
-    /// The plain device whose generator the epoch seeds.
-    device: Device,
-}
-
-impl EpochLoader {
-    fn around(&self, inner: Arc<dyn DataLoader<MnistBatch>>) -> Arc<dyn DataLoader<MnistBatch>> {
-        Arc::new(Self {
-            inner,
-            clock: self.clock.clone(),
-            seed: self.seed,
-            device: self.device.clone(),
-        })
-    }
-}
-
-impl DataLoader<MnistBatch> for EpochLoader {
-    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<MnistBatch> + 'a> {
-        let epoch = self.clock.advance();
-        self.device.seed(epoch_seed(self.seed, epoch));
-        self.inner.iter()
-    }
-
-    fn num_items(&self) -> usize {
-        self.inner.num_items()
-    }
-
-    fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<MnistBatch>> {
-        self.around(self.inner.to_device(device))
-    }
-
-    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<MnistBatch>> {
-        self.around(self.inner.slice(start, end))
-    }
 }

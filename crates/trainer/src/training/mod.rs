@@ -7,6 +7,7 @@
 
 mod classifier;
 mod fit;
+mod loader;
 mod prepare;
 mod report;
 mod select;
@@ -19,6 +20,7 @@ use vit_data::{MnistDataset, Split};
 use vit_model::{Views, artifact};
 
 use crate::charts;
+use crate::devices::Devices;
 use crate::evaluation::{Evaluation, evaluate};
 use crate::run_dir::{DATA_SOURCE_FILE, REPORT_FILE, RunDir};
 use crate::test_hooks;
@@ -28,15 +30,15 @@ pub use prepare::{Prepared, TestSet, prepare};
 pub use report::RunReport;
 
 /// Starts a new run of `prepared` in the fresh directory `run`.
-pub fn start(prepared: Prepared, run: &RunDir, device: &Device) -> anyhow::Result<RunReport> {
+pub fn start(prepared: Prepared, run: &RunDir, devices: &Devices) -> anyhow::Result<RunReport> {
     run.save_config(&prepared.config)?;
     run.write_json(DATA_SOURCE_FILE, &prepared.source)?;
-    train(prepared, run, device)
+    train(prepared, run, devices)
 }
 
 /// Continues the unfinished `run` with the data of `prepared`, which must be what it started
 /// with.
-pub fn resume(prepared: Prepared, run: &RunDir, device: &Device) -> anyhow::Result<RunReport> {
+pub fn resume(prepared: Prepared, run: &RunDir, devices: &Devices) -> anyhow::Result<RunReport> {
     if let Some(recorded) = run.read_json::<DataSource>(DATA_SOURCE_FILE)?
         && !recorded.agrees_with(&prepared.source)
     {
@@ -50,7 +52,7 @@ pub fn resume(prepared: Prepared, run: &RunDir, device: &Device) -> anyhow::Resu
             new_files = describe_files(&prepared.source.files),
         );
     }
-    train(prepared, run, device)
+    train(prepared, run, devices)
 }
 
 fn describe_files(files: &[(String, String)]) -> String {
@@ -61,10 +63,12 @@ fn describe_files(files: &[(String, String)]) -> String {
         .join(", ")
 }
 
-/// The stages of a run, from wherever `run` stands.
-fn train(prepared: Prepared, run: &RunDir, device: &Device) -> anyhow::Result<RunReport> {
+/// The stages of a run, from wherever `run` stands. Fitting trains on every device; the
+/// stages after it run on the first.
+fn train(prepared: Prepared, run: &RunDir, devices: &Devices) -> anyhow::Result<RunReport> {
     let config = &prepared.config;
-    let fitted = fit::fit(&prepared, run, device)?;
+    let fitted = fit::fit(&prepared, run, devices)?;
+    let device = devices.main();
     test_hooks::after_stage("fitted");
 
     let selected = select::select(config, &fitted.history, &prepared.valid_set, run, device)?;
@@ -80,7 +84,7 @@ fn train(prepared: Prepared, run: &RunDir, device: &Device) -> anyhow::Result<Ru
     test_hooks::after_stage("tested");
 
     let report = RunReport {
-        backend: format!("{device:?}"),
+        backend: devices.names.join(" + "),
         parameters: selected.model.num_params(),
         epochs: config.epochs,
         epochs_run: fitted.history.len(),

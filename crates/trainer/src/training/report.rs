@@ -39,4 +39,3 @@ pub struct RunReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<Evaluation>,
 }
-

@@ -5,13 +5,13 @@
 
 use std::path::Path;
 
+use crate::averaging;
 use anyhow::bail;
 use burn::data::dataset::Dataset;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use vit_data::MnistDataset;
 use vit_model::{Views, Vit};
-use crate::averaging;
 
 use super::classifier::Classifier;
 use crate::config::TrainingConfig;

@@ -1,0 +1,156 @@
+//! Training on Burn compute servers against training locally, on the same cores: the trainer's
+//! own images/s (its report) for a local run on both cores and on one, a run on one compute
+//! server pinned to one core (the trainer on the other), and on two servers pinned to a core
+//! each; and the bytes that crossed each server's link per training step. The servers and
+//! the trainer are on hosts of their own (network namespaces joined by veth pairs), as in the
+//! tests. Run it as `cargo xtask bench --remote [--config F] [--images N] [--rounds R]`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Parser;
+
+#[path = "../tests/common/netns.rs"]
+#[allow(dead_code)]
+mod netns;
+
+#[derive(Parser)]
+#[command(about = "Training images/s and bytes per step on compute servers, against local")]
+struct Options {
+    /// The training config (its model, batch size and optimiser; one epoch is trained).
+    #[arg(long, default_value = "configs/vit-mnist-tutorial.json")]
+    config: PathBuf,
+    /// The MNIST directory [default: $MNIST_DIR].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Training images in the epoch.
+    #[arg(long, default_value_t = 5000)]
+    images: usize,
+    /// Rounds; each runs every setting once, in the same order.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// `cargo bench` passes it; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// Where a run trains: taskset cores for the trainer, and how many compute servers.
+struct Setting {
+    name: &'static str,
+    trainer_cores: &'static str,
+    servers: usize,
+}
+
+const SETTINGS: [Setting; 4] = [
+    Setting {
+        name: "local, 2 cores",
+        trainer_cores: "0,1",
+        servers: 0,
+    },
+    Setting {
+        name: "local, 1 core",
+        trainer_cores: "1",
+        servers: 0,
+    },
+    Setting {
+        name: "1 compute server (core 1; trainer on core 0)",
+        trainer_cores: "0",
+        servers: 1,
+    },
+    Setting {
+        name: "2 compute servers (cores 0 and 1)",
+        trainer_cores: "0,1",
+        servers: 2,
+    },
+];
+
+fn main() {
+    let options = Options::parse();
+    if !netns::available() {
+        std::process::exit(1);
+    }
+    let Some(data_dir) = options
+        .data_dir
+        .clone()
+        .or_else(|| std::env::var_os("MNIST_DIR").map(PathBuf::from))
+    else {
+        eprintln!("error: name the MNIST directory with --data-dir or MNIST_DIR");
+        std::process::exit(1);
+    };
+    let work = tempfile::tempdir().expect("a work directory");
+    let (config, batch) = one_epoch_config(&options, work.path());
+    let binary = Path::new(env!("CARGO_BIN_EXE_vit-trainer"));
+    let mut hosts = netns::Hosts::new(2);
+    hosts.start_server(0, binary, None, Some(1));
+    hosts.start_server(1, binary, None, Some(0));
+    let steps = options.images.div_ceil(batch);
+    println!(
+        "{} images in {steps} steps of {batch}, config {}",
+        options.images,
+        options.config.display()
+    );
+    for round in 1..=options.rounds {
+        for (index, setting) in SETTINGS.iter().enumerate() {
+            let before: Vec<(u64, u64)> = (0..2).map(|server| hosts.link_bytes(server)).collect();
+            let run = format!("round{round}-{index}");
+            let mut train = Command::new("taskset");
+            train
+                .args(["-c", setting.trainer_cores])
+                .arg(binary)
+                .env("BURN_DEVICE", "flex")
+                .arg("train")
+                .arg("--config")
+                .arg(&config)
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .arg("--artifacts")
+                .arg(work.path())
+                .args(["--run", &run, "--no-test"]);
+            for server in 0..setting.servers {
+                train.arg("--device").arg(hosts.server_url(server));
+            }
+            let output = hosts.on_trainer(&train).output().expect("run the trainer");
+            if !output.status.success() {
+                eprintln!(
+                    "{}: {}",
+                    setting.name,
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                std::process::exit(1);
+            }
+            let report: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(work.path().join(&run).join("report.json"))
+                    .expect("the run's report"),
+            )
+            .expect("a JSON report");
+            let bytes: u64 = (0..2)
+                .map(|server| {
+                    let (tx, rx) = hosts.link_bytes(server);
+                    (tx - before[server].0) + (rx - before[server].1)
+                })
+                .sum();
+            println!(
+                "round {round}: {:<48} {:>8.0} training images/s, {:>7.2} MB over the links per \
+                 step (the epoch's validation pass included)",
+                setting.name,
+                report["train_images_per_second"].as_f64().unwrap_or(0.0),
+                bytes as f64 / steps as f64 / 1e6,
+            );
+        }
+    }
+}
+
+/// `options.config` for one epoch of `options.images` images and a 500-image validation pass,
+/// written in `dir`; and its batch size.
+fn one_epoch_config(options: &Options, dir: &Path) -> (PathBuf, usize) {
+    let text = std::fs::read_to_string(&options.config)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", options.config.display()));
+    let mut config: serde_json::Value = serde_json::from_str(&text).expect("a JSON config");
+    config["epochs"] = 1.into();
+    config["data"]["train_limit"] = options.images.into();
+    config["data"]["eval_limit"] = 500.into();
+    let path = dir.join("config.json");
+    std::fs::write(&path, config.to_string()).expect("write the config");
+    let batch = config["batch_size"].as_u64().unwrap_or(100) as usize;
+    (path, batch)
+}

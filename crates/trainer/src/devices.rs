@@ -1,0 +1,318 @@
+//! What `--device` names: a libtorch device of the tch backend, or a Burn compute server
+//! (`compute-server`) by its WebSocket address; given several times, the devices one run
+//! trains on side by side. A compute server is checked before Burn connects to it, so an
+//! address where nothing listens is an error within seconds that names it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use burn::tensor::Device;
+
+use crate::backend::{self, TorchDevice};
+
+/// The variable that holds a compute server's token when `--token-file` does not name one.
+pub const TOKEN_VARIABLE: &str = "VIT_REMOTE_TOKEN";
+
+/// How long a compute server has to accept a TCP connection before it counts as unreachable.
+pub const REACH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One `--device`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceArg {
+    /// A libtorch device: `cpu`, `cuda`, `cuda:N`.
+    Torch(TorchDevice),
+    /// A compute server, `ws://HOST:PORT`.
+    Server(ServerAddress),
+}
+
+/// A compute server's WebSocket address: `ws://HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddress {
+    /// `HOST:PORT`.
+    pub host_port: String,
+}
+
+impl ServerAddress {
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.host_port)
+    }
+}
+
+impl std::fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url())
+    }
+}
+
+impl std::str::FromStr for DeviceArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let Some(rest) = text.strip_prefix("ws://") else {
+            return text.parse().map(Self::Torch).map_err(|_| {
+                format!("`{text}` is not a device: cpu, cuda, cuda:N or ws://HOST:PORT")
+            });
+        };
+        let host_port = rest.trim_end_matches('/');
+        let valid = host_port
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !valid || host_port.contains('/') {
+            return Err(format!(
+                "`{text}` is not a compute server's address: ws://HOST:PORT"
+            ));
+        }
+        Ok(Self::Server(ServerAddress {
+            host_port: host_port.to_string(),
+        }))
+    }
+}
+
+impl std::fmt::Display for DeviceArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Torch(device) => device.fmt(f),
+            Self::Server(address) => address.fmt(f),
+        }
+    }
+}
+
+/// The devices a command runs on, started (local) or connected (compute servers), with the
+/// names the user gave them, in the order given.
+pub struct Devices {
+    pub devices: Vec<Device>,
+    pub names: Vec<String>,
+}
+
+impl Devices {
+    /// The device that holds the model between steps: the first one named.
+    pub fn main(&self) -> &Device {
+        &self.devices[0]
+    }
+
+    /// The one device of a command that runs on one (every command but `train`).
+    pub fn single(&self) -> anyhow::Result<&Device> {
+        if self.devices.len() > 1 {
+            bail!(
+                "only `train` runs on several devices, and --device names {}: {}",
+                self.devices.len(),
+                self.names.join(", ")
+            );
+        }
+        Ok(self.main())
+    }
+
+    /// The compute servers among the devices that no longer accept connections, each as
+    /// `ws://HOST:PORT (device I of N)`.
+    pub fn unreachable_servers(&self) -> Vec<String> {
+        let count = self.names.len();
+        self.names
+            .iter()
+            .enumerate()
+            .filter_map(|(index, name)| match name.parse::<DeviceArg>() {
+                Ok(DeviceArg::Server(address)) if reach(&address).is_err() => {
+                    Some(format!("{address} (device {} of {count})", index + 1))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Starts or connects what `requested` names; nothing named is the build's own device.
+/// `token_file` (else [`TOKEN_VARIABLE`]) holds the compute servers' token.
+pub fn select(requested: &[DeviceArg], token_file: Option<&Path>) -> anyhow::Result<Devices> {
+    for (index, device) in requested.iter().enumerate() {
+        if requested[..index].contains(device) {
+            bail!("--device {device} is given twice");
+        }
+    }
+    let servers: Vec<&ServerAddress> = requested
+        .iter()
+        .filter_map(|device| match device {
+            DeviceArg::Server(address) => Some(address),
+            DeviceArg::Torch(_) => None,
+        })
+        .collect();
+    if !servers.is_empty() && servers.len() < requested.len() {
+        bail!(
+            "--device mixes compute servers with local devices ({}); one run trains on \
+             devices of one kind",
+            requested
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let devices = if servers.is_empty() {
+        let torch: Vec<Option<TorchDevice>> = match requested {
+            [] => vec![None],
+            _ => requested
+                .iter()
+                .filter_map(|device| match device {
+                    DeviceArg::Torch(torch) => Some(Some(*torch)),
+                    DeviceArg::Server(_) => None,
+                })
+                .collect(),
+        };
+        torch
+            .into_iter()
+            .map(backend::select)
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        let token = read_token(token_file)?;
+        servers
+            .iter()
+            .map(|address| connect(address, token.as_deref()))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let names = if requested.is_empty() {
+        vec![format!("{:?}", devices[0])]
+    } else {
+        requested.iter().map(ToString::to_string).collect()
+    };
+    Ok(Devices { devices, names })
+}
+
+/// The compute servers' token: the first line of `token_file`, else [`TOKEN_VARIABLE`], else
+/// none (a server with a token refuses a client without one).
+pub fn read_token(token_file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let Some(path) = token_file else {
+        return Ok(std::env::var(TOKEN_VARIABLE)
+            .ok()
+            .filter(|token| !token.is_empty()));
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(Some(token.to_string()))
+}
+
+/// Whether `address` accepts a TCP connection within [`REACH_TIMEOUT`].
+pub fn reach(address: &ServerAddress) -> anyhow::Result<()> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let addresses: Vec<_> = address
+        .host_port
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve the compute server {address}"))?
+        .collect();
+    let mut last = None;
+    for socket in addresses {
+        match TcpStream::connect_timeout(&socket, REACH_TIMEOUT) {
+            Ok(_) => return Ok(()),
+            Err(error) => last = Some(error),
+        }
+    }
+    let reason = last.map_or("no address".to_string(), |error| error.to_string());
+    bail!(
+        "the compute server {address} cannot be reached ({reason}; waited up to {} s); is \
+         `cargo xtask compute-server` running there, and is the address right?",
+        REACH_TIMEOUT.as_secs()
+    )
+}
+
+/// The device of the compute server at `address`, its session open.
+#[cfg(feature = "remote")]
+fn connect(address: &ServerAddress, token: Option<&str>) -> anyhow::Result<Device> {
+    use burn::remote::{ConnectError, RemoteHost};
+    reach(address)?;
+    let mut host = RemoteHost::websocket(&address.url());
+    if let Some(token) = token {
+        host = host.with_credential(token);
+    }
+    Device::remote_options(&host)
+        .init()
+        .map_err(|error| match error {
+            ConnectError::Unauthorized if token.is_none() => anyhow::anyhow!(
+                "the compute server {address} wants a token, and none was given: put it in a \
+                 file and pass --token-file FILE, or set {TOKEN_VARIABLE}"
+            ),
+            ConnectError::Unauthorized => anyhow::anyhow!(
+                "the compute server {address} refused the token (its log says why); check \
+                 --token-file or {TOKEN_VARIABLE}"
+            ),
+            other => anyhow::anyhow!("the compute server {address}: {other}"),
+        })
+}
+
+#[cfg(not(feature = "remote"))]
+fn connect(address: &ServerAddress, _token: Option<&str>) -> anyhow::Result<Device> {
+    bail!(
+        "--device {address} needs a build with compute-server support (the `remote` feature); \
+         `cargo xtask train --device {address} …` builds it"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_as_libtorch_devices_or_compute_servers() {
+        assert_eq!(
+            "cuda:1".parse::<DeviceArg>(),
+            Ok(DeviceArg::Torch(TorchDevice::Cuda(1)))
+        );
+        let server = "ws://10.0.0.2:4000/".parse::<DeviceArg>().unwrap();
+        assert_eq!(server.to_string(), "ws://10.0.0.2:4000");
+        for bad in [
+            "ws://",
+            "ws://host",
+            "ws://:4000",
+            "ws://h:99999",
+            "ws://h:1/x",
+            "tpu",
+        ] {
+            let error = bad.parse::<DeviceArg>().unwrap_err();
+            assert!(error.contains(&format!("`{bad}`")), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_device_given_twice_or_a_mix_of_kinds_is_refused_before_anything_starts() {
+        let server: DeviceArg = "ws://127.0.0.1:9".parse().unwrap();
+        let twice = select(&[server.clone(), server.clone()], None)
+            .err()
+            .unwrap();
+        assert!(twice.to_string().contains("given twice"), "{twice}");
+        let mixed = select(&[DeviceArg::Torch(TorchDevice::Cpu), server], None)
+            .err()
+            .unwrap();
+        assert!(mixed.to_string().contains("mixes"), "{mixed}");
+    }
+
+    #[test]
+    fn the_token_is_the_first_line_of_its_file_and_an_empty_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret\nignored\n").unwrap();
+        assert_eq!(read_token(Some(&file)).unwrap().as_deref(), Some("s3cret"));
+        std::fs::write(&file, "\n").unwrap();
+        let error = read_token(Some(&file)).unwrap_err().to_string();
+        assert!(
+            error.contains("is empty") && error.contains("token"),
+            "{error}"
+        );
+        let missing = read_token(Some(&dir.path().join("absent"))).unwrap_err();
+        assert!(format!("{missing:#}").contains("absent"), "{missing:#}");
+    }
+
+    #[test]
+    fn a_server_where_nothing_listens_is_unreachable_within_the_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let address = ServerAddress {
+            host_port: format!("127.0.0.1:{port}"),
+        };
+        let started = std::time::Instant::now();
+        let error = reach(&address).unwrap_err().to_string();
+        assert!(error.contains(&address.url()), "{error}");
+        assert!(started.elapsed() <= REACH_TIMEOUT + Duration::from_secs(1));
+    }
+}
