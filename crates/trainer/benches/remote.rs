@@ -17,9 +17,10 @@ mod netns;
 #[derive(Parser)]
 #[command(about = "Training images/s and bytes per step on compute servers, against local")]
 struct Options {
-    /// The training config (its model, batch size and optimiser; one epoch is trained).
-    #[arg(long, default_value = "configs/vit-mnist-tutorial.json")]
-    config: PathBuf,
+    /// The training config (its model, batch size and optimiser; one epoch is trained)
+    /// [default: the tutorial preset].
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// The MNIST directory [default: $MNIST_DIR].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -78,7 +79,16 @@ fn main() {
         std::process::exit(1);
     };
     let work = tempfile::tempdir().expect("a work directory");
-    let (config, batch) = one_epoch_config(&options, work.path());
+    let preset =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/vit-mnist-tutorial.json");
+    let source = options.config.clone().unwrap_or(preset);
+    let (config, batch) = match one_epoch_config(&source, options.images, work.path()) {
+        Ok(made) => made,
+        Err(error) => {
+            eprintln!("error: {}: {error}", source.display());
+            std::process::exit(1);
+        }
+    };
     let binary = Path::new(env!("CARGO_BIN_EXE_vit-trainer"));
     let mut hosts = netns::Hosts::new(2);
     hosts.start_server(0, binary, None, Some(1));
@@ -87,7 +97,7 @@ fn main() {
     println!(
         "{} images in {steps} steps of {batch}, config {}",
         options.images,
-        options.config.display()
+        source.display()
     );
     for round in 1..=options.rounds {
         for (index, setting) in SETTINGS.iter().enumerate() {
@@ -140,17 +150,19 @@ fn main() {
     }
 }
 
-/// `options.config` for one epoch of `options.images` images and a 500-image validation pass,
+/// The config at `source` for one epoch of `images` images and a 500-image validation pass,
 /// written in `dir`; and its batch size.
-fn one_epoch_config(options: &Options, dir: &Path) -> (PathBuf, usize) {
-    let text = std::fs::read_to_string(&options.config)
-        .unwrap_or_else(|error| panic!("cannot read {}: {error}", options.config.display()));
-    let mut config: serde_json::Value = serde_json::from_str(&text).expect("a JSON config");
+fn one_epoch_config(
+    source: &Path,
+    images: usize,
+    dir: &Path,
+) -> Result<(PathBuf, usize), Box<dyn std::error::Error>> {
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(source)?)?;
     config["epochs"] = 1.into();
-    config["data"]["train_limit"] = options.images.into();
+    config["data"]["train_limit"] = images.into();
     config["data"]["eval_limit"] = 500.into();
     let path = dir.join("config.json");
-    std::fs::write(&path, config.to_string()).expect("write the config");
+    std::fs::write(&path, config.to_string())?;
     let batch = config["batch_size"].as_u64().unwrap_or(100) as usize;
-    (path, batch)
+    Ok((path, batch))
 }
