@@ -141,7 +141,18 @@ fn names_compute_server(args: &[String]) -> bool {
 /// compute-server support (the `remote` feature) when the command serves or uses one.
 fn trainer_command(command: &str, args: &[String]) -> Result<Command, String> {
     let (backend, trainer_args) = take_backend(args)?;
-    let features = if command == "compute-server" || names_compute_server(&trainer_args) {
+    let client = names_compute_server(&trainer_args);
+    if client && backend == "wgpu" {
+        // Burn 0.22.1's remote client breaks on replayed operation graphs when op fusion,
+        // which wgpu brings, is in its build (docs/remote.md).
+        return Err(
+            "a trainer that uses compute servers is built with flex (the default), not \
+             wgpu: Burn's remote client fails with op fusion. The servers themselves may be \
+             wgpu (`cargo xtask compute-server --backend wgpu`)"
+                .into(),
+        );
+    }
+    let features = if command == "compute-server" || client {
         format!("{backend},{REMOTE_FEATURE}")
     } else {
         backend.clone()
@@ -308,6 +319,30 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         Xtask::command().debug_assert();
+    }
+
+    #[test]
+    fn a_trainer_of_compute_servers_gets_the_remote_feature_and_never_wgpu() {
+        let args = |list: &[&str]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert!(names_compute_server(&args(&["--device", "ws://h:1"])));
+        assert!(names_compute_server(&args(&["--device=ws://h:1"])));
+        assert!(!names_compute_server(&args(&["--device", "cuda:1"])));
+        let error = trainer_command(
+            "train",
+            &args(&["--backend", "wgpu", "--device", "ws://h:1"]),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            error.contains("flex") && error.contains("fusion"),
+            "{error}"
+        );
+        let command = trainer_command("train", &args(&["--device", "ws://h:1"])).unwrap();
+        let line: Vec<_> = command
+            .get_args()
+            .map(|arg| arg.to_string_lossy())
+            .collect();
+        assert!(line.iter().any(|arg| arg == "flex,remote"), "{line:?}");
     }
 
     /// `--help` and `-h` list every task, one line each, and exit 0.
