@@ -83,6 +83,8 @@ impl std::fmt::Display for DeviceArg {
 pub struct Devices {
     pub devices: Vec<Device>,
     pub names: Vec<String>,
+    /// Each device's compute server, if it is one.
+    servers: Vec<Option<ServerAddress>>,
 }
 
 impl Devices {
@@ -106,15 +108,15 @@ impl Devices {
     /// The compute servers among the devices that no longer accept connections, each as
     /// `ws://HOST:PORT (device I of N)`.
     pub fn unreachable_servers(&self) -> Vec<String> {
-        let count = self.names.len();
-        self.names
+        let count = self.devices.len();
+        self.servers
             .iter()
             .enumerate()
-            .filter_map(|(index, name)| match name.parse::<DeviceArg>() {
-                Ok(DeviceArg::Server(address)) if reach(&address).is_err() => {
-                    Some(format!("{address} (device {} of {count})", index + 1))
-                }
-                _ => None,
+            .filter_map(|(index, server)| {
+                let address = server.as_ref()?;
+                reach(address)
+                    .is_err()
+                    .then(|| format!("{address} (device {} of {count})", index + 1))
             })
             .collect()
     }
@@ -173,7 +175,18 @@ pub fn select(requested: &[DeviceArg], token_file: Option<&Path>) -> anyhow::Res
     } else {
         requested.iter().map(ToString::to_string).collect()
     };
-    Ok(Devices { devices, names })
+    let servers = requested
+        .iter()
+        .map(|device| match device {
+            DeviceArg::Server(address) => Some(address.clone()),
+            DeviceArg::Torch(_) => None,
+        })
+        .collect();
+    Ok(Devices {
+        devices,
+        names,
+        servers,
+    })
 }
 
 /// The compute servers' token: the first line of `token_file`, else [`TOKEN_VARIABLE`], else
