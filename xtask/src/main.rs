@@ -237,7 +237,7 @@ fn test(args: &[String]) -> Result<ExitCode, String> {
     }
 }
 
-/// The compute-server tests (`crates/trainer/tests/remote.rs`), built with flex and the
+/// The compute-server tests (`crates/trainer/tests/remote.rs`, `remote_ops.rs`), built with flex and the
 /// `remote` feature alone: in Burn 0.22.1 a remote client built with op fusion (which the wgpu
 /// backend brings into a build) fails on replayed operation graphs (docs/remote.md). Gets
 /// `--no-run` and the test filters of `cargo_args`; none when they name packages without
@@ -262,6 +262,8 @@ fn remote_suite(cargo_args: &[String]) -> Option<Command> {
         "vit-trainer",
         "--test",
         "remote",
+        "--test",
+        "remote_ops",
     ]);
     cargo.args([
         "--no-default-features",

@@ -109,10 +109,10 @@ pub fn composed_attention(
 }
 
 /// Whether the attention runs as one operation for `heads` heads of `head_dim` values with
-/// `dropout`, on the device and float type of `x`: on the host backends in `f32`, without
-/// dropout, for the head sizes the kernels are compiled for.
+/// `dropout`, on the device and float type of `x`: on the host backends (here or on a compute
+/// server) in `f32`, without dropout, for the head sizes the kernels are compiled for.
 fn is_fused(x: &Tensor<2>, heads: usize, head_dim: usize, dropout: &Dropout) -> bool {
-    dropout.prob == 0.0 && supported(heads, head_dim) && Route::of_tensor(x) == Route::Host
+    dropout.prob == 0.0 && supported(heads, head_dim) && Route::of_tensor(x).runs_host_kernels()
 }
 
 /// The queries (scaled by `1/sqrt(head_dim)`), keys and values of every head for the rows of
@@ -200,7 +200,7 @@ fn rows_in_lanes(weight: Tensor<2>, heads: usize, head_dim: usize) -> Tensor<2> 
 /// [`HostOps::transpose_groups`] on the host backends (one copy of `x`), a transpose of Burn's
 /// elsewhere.
 fn transpose_groups(x: Tensor<2>, rows: usize, columns: usize, width: usize) -> Tensor<2> {
-    if Route::of_tensor(&x) == Route::Host {
+    if Route::of_tensor(&x).runs_host_kernels() {
         return Tensor::from_dispatch(<Dispatch as HostOps>::transpose_groups(
             x.into_dispatch(),
             rows,

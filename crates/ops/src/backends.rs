@@ -102,3 +102,6 @@ impl HostOps for burn::backend::NdArray {}
 
 #[cfg(feature = "wgpu")]
 impl FusedOps for burn::backend::Cube {}
+
+#[cfg(all(feature = "wgpu", feature = "remote"))]
+impl HostOps for burn::backend::Cube {}

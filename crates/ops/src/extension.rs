@@ -20,6 +20,7 @@ use crate::host::attention::{
     NdArray: cfg(feature = "ndarray"),
     LibTorch: cfg(feature = "tch"),
     Cube: cfg(feature = "wgpu"),
+    Remote: cfg(feature = "remote"),
     Autodiff,
 )]
 pub trait FusedOps: Backend {
@@ -98,11 +99,14 @@ pub trait FusedOps: Backend {
 }
 
 /// Multi-head self-attention as one operation, and the column reordering it reads its input in,
-/// on the host backends only: libtorch and GPUs run their batched matrix products well and take
-/// Burn's composed attention (`attention.rs`).
+/// on the host backends and compute servers only: libtorch and GPUs run their batched matrix
+/// products well and take Burn's composed attention (`attention.rs`). (wgpu implements it only
+/// so that a wgpu compute server can answer a trainer that ships it, `remote.rs`.)
 #[backend_extension(
     Flex: cfg(feature = "flex"),
     NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(all(feature = "wgpu", feature = "remote")),
+    Remote: cfg(feature = "remote"),
     Autodiff,
 )]
 pub trait HostOps: Backend {

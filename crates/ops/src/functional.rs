@@ -37,9 +37,9 @@ pub fn softmax<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// GELU with the exact normal CDF: one host sweep with a vectorized `erf` on flex and ndarray
-/// (forward and backward), Burn's `gelu` elsewhere.
+/// and their compute servers (forward and backward), Burn's `gelu` elsewhere.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if Route::of_tensor(&x) != Route::Host {
+    if !Route::of_tensor(&x).runs_host_kernels() {
         return burn::tensor::activation::gelu(x);
     }
     Tensor::from_dispatch(<Dispatch as FusedOps>::fused_gelu(x.into_dispatch()))

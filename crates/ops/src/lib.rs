@@ -12,6 +12,8 @@
 //!   buffers of their own;
 //! - libtorch and wgpu run the extension's defaults, Burn's own operations (libtorch its own
 //!   backward kernels for LayerNorm and softmax);
+//! - a compute server's device (feature `remote`) ships each operation to the server, whose
+//!   backend runs it as above (`remote.rs`);
 //! - any other backend, and tensors that are not `f32`, take Burn's composed operations, so the
 //!   result never depends on how the crate was built, only the speed.
 //!
@@ -31,6 +33,8 @@ mod host;
 mod layers;
 #[cfg(feature = "tch")]
 mod libtorch;
+#[cfg(feature = "remote")]
+pub mod remote;
 mod route;
 pub mod slices;
 

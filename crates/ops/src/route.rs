@@ -15,6 +15,10 @@ pub(crate) enum Route {
     /// extension's defaults, which are Burn's operations, with one autodiff node per layer.
     #[cfg_attr(not(any(feature = "tch", feature = "wgpu")), allow(dead_code))]
     Extension,
+    /// A compute server's device: each operation shipped to the server, whose backend runs
+    /// it (`remote.rs`); on a flex or ndarray server, the host kernels.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    Remote,
     /// Any other backend: Burn's composed operations.
     Burn,
 }
@@ -33,6 +37,12 @@ impl Route {
             Self::Burn
         }
     }
+
+    /// Whether the host kernels run the operations, in this process or on a compute server:
+    /// the operations only they have (GELU, the fused attention) are taken then.
+    pub(crate) fn runs_host_kernels(self) -> bool {
+        matches!(self, Self::Host | Self::Remote)
+    }
 }
 
 /// Whether `device` belongs to a CPU backend with host kernels here (flex, ndarray).
@@ -46,8 +56,8 @@ pub fn supports(device: &Device) -> bool {
     Route::of(device) != Route::Burn
 }
 
-/// Whether the Adam update runs in place, in one pass, on `device`: flex's, and libtorch's
-/// CPU device (a CUDA tensor's values cannot be written from the host).
+/// Whether the Adam update runs in place, in one pass, on `device`: flex's, libtorch's CPU
+/// device (a CUDA tensor's values cannot be written from the host), and a compute server's.
 pub(crate) fn updates_in_place(device: &Device) -> bool {
     classify(device).1
 }
@@ -68,6 +78,9 @@ fn classify(device: &Device) -> (Route, bool) {
         ),
         #[cfg(feature = "wgpu")]
         DispatchDevice::Cube(_) => (Route::Extension, false),
+        // The update is one operation the server runs (`remote.rs`).
+        #[cfg(feature = "remote")]
+        DispatchDevice::Remote(_) => (Route::Remote, true),
         _ => (Route::Burn, false),
     }
 }

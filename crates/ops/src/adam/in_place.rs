@@ -1,6 +1,6 @@
 //! The fused Adam update on flex and on libtorch's CPU device: the parameter and both moments
 //! are written in place when nothing else holds their buffers (the usual case in training),
-//! after a copy otherwise.
+//! after a copy otherwise. A compute server's device ships it to the server (`remote.rs`).
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
@@ -11,6 +11,7 @@ use super::step::AdamStep;
 #[backend_extension(
     Flex: cfg(feature = "flex"),
     LibTorch: cfg(feature = "tch"),
+    Remote: cfg(feature = "remote"),
 )]
 pub trait AdamOps: Backend {
     /// The parameter and its two moments after one Adam step.

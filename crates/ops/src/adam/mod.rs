@@ -17,19 +17,22 @@ use burn::optim::{
 };
 use burn::tensor::{Device, Tensor};
 
-#[cfg(any(feature = "flex", feature = "tch"))]
-mod in_place;
+#[cfg(any(feature = "flex", feature = "tch", feature = "remote"))]
+pub(crate) mod in_place;
 mod step;
 
 pub use step::{AdamSettings, AdamStep, WeightDecay};
 
 /// Adam or AdamW (see [`WeightDecay`]), with the same results as Burn's: Burn's own optimizer,
 /// except on flex and libtorch's CPU device, where each parameter is updated in place in one
-/// pass.
+/// pass, and on a compute server, which runs that pass as one operation.
 #[derive(Clone)]
 pub struct Adam {
     /// What the fused update runs with; builds without a fused backend only use `fallback`.
-    #[cfg_attr(not(any(feature = "flex", feature = "tch")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "flex", feature = "tch", feature = "remote")),
+        allow(dead_code)
+    )]
     settings: AdamSettings,
     /// Burn's optimizer with the same settings, for devices without the fused update.
     fallback: Fallback,
@@ -88,7 +91,7 @@ impl Optimizer for Adam {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        #[cfg(any(feature = "flex", feature = "tch"))]
+        #[cfg(any(feature = "flex", feature = "tch", feature = "remote"))]
         if fused_on(&tensor.device()) && tensor.dtype() == burn::tensor::DType::F32 {
             return self.fused_step(lr, tensor, grad, state);
         }
@@ -109,7 +112,7 @@ impl Optimizer for Adam {
 }
 
 impl Adam {
-    #[cfg(any(feature = "flex", feature = "tch"))]
+    #[cfg(any(feature = "flex", feature = "tch", feature = "remote"))]
     fn fused_step<const D: usize>(
         &self,
         lr: LearningRate,

@@ -31,7 +31,9 @@ pub fn exec(args: Args, device: Device, token_file: Option<&Path>) -> anyhow::Re
     let bound = listener
         .local_addr()
         .context("the listener has no address")?;
-    let mut server = RemoteServer::new([device.clone()]);
+    // The model's layer operations run here as single operations (the host kernels on flex and
+    // ndarray), not as the dozens of Burn operations each would be composed of.
+    let mut server = vit_ops::remote::with_layer_ops(RemoteServer::new([device.clone()]), &device);
     let guard = match &token {
         Some(token) => {
             server = server.with_authorizer(

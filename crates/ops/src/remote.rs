@@ -1,0 +1,457 @@
+//! The layer operations on a compute server: a trainer's remote device ships each operation of
+//! [`FusedOps`] and [`HostOps`] as one Burn custom operation, and the server runs it with its own
+//! backend's implementation (the host kernels on flex and ndarray). Without this, a remote device
+//! runs the composed forms, ten to forty of Burn's operations per layer, each a message and a
+//! pass of its own on the server.
+//!
+//! Both sides live here, so an operation's id, inputs, outputs and scalars are written once: the
+//! client side (`impl FusedOps for Remote`) declares the outputs' shapes; the server side
+//! ([`with_layer_ops`]) is a handler per id. The ids carry this crate's version: a server of
+//! another build names the operation it does not know instead of running one it misreads.
+
+use burn::backend::ir::{BackendIr, CustomOpIr, HandleContainer, ScalarIr, TensorIr};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, DispatchDevice, Remote, TensorMetadata};
+use burn::remote::CustomOpClient;
+use burn::server::RemoteServer;
+use burn::tensor::{Device, Shape};
+
+use crate::adam::in_place::AdamOps;
+use crate::adam::{AdamSettings, AdamStep, WeightDecay};
+use crate::extension::{FusedOps, HostOps};
+use crate::host::buffers::host;
+
+/// The id of operation `name` on the wire.
+macro_rules! op_id {
+    ($name:literal) => {
+        concat!("vit-ops ", env!("CARGO_PKG_VERSION"), ": ", $name)
+    };
+}
+
+const LAYER_NORM: &str = op_id!("layer_norm");
+const LAYER_NORM_BACKWARD: &str = op_id!("layer_norm_backward");
+const SOFTMAX: &str = op_id!("softmax");
+const SOFTMAX_BACKWARD: &str = op_id!("softmax_backward");
+const GELU: &str = op_id!("gelu");
+const GELU_BACKWARD: &str = op_id!("gelu_backward");
+const LINEAR: &str = op_id!("linear");
+const LINEAR_UNBIASED: &str = op_id!("linear_unbiased");
+const LINEAR_X_GRADIENT: &str = op_id!("linear_x_gradient");
+const LINEAR_WEIGHT_GRADIENT: &str = op_id!("linear_weight_gradient");
+const LINEAR_BIAS_GRADIENT: &str = op_id!("linear_bias_gradient");
+const ATTENTION: &str = op_id!("attention");
+const ATTENTION_WITH_WEIGHTS: &str = op_id!("attention_with_weights");
+const ATTENTION_BACKWARD: &str = op_id!("attention_backward");
+const TRANSPOSE_GROUPS: &str = op_id!("transpose_groups");
+const ADAM_UPDATE: &str = op_id!("adam_update");
+
+/// Registers operation `id` of `inputs` (the first one's device and float type are the
+/// outputs') with `outputs` of the given shapes, and returns the outputs, which the server fills.
+fn on_server<const O: usize>(
+    id: &'static str,
+    inputs: Vec<FloatTensor<Remote>>,
+    outputs: [Shape; O],
+    scalars: Vec<ScalarIr>,
+) -> [FloatTensor<Remote>; O] {
+    let (device, dtype) = (inputs[0].device(), inputs[0].dtype());
+    let client = CustomOpClient::new(&device);
+    let outputs = outputs.map(|shape| TensorIr::uninit(client.create_empty_handle(), shape, dtype));
+    let inputs: Vec<TensorIr> = inputs.into_iter().map(|tensor| tensor.into_ir()).collect();
+    let op = CustomOpIr::with_scalars(id, &inputs, &outputs, scalars);
+    client
+        .register(op)
+        .try_into()
+        .unwrap_or_else(|_| panic!("`{id}` declares {O} outputs"))
+}
+
+fn sizes(values: &[usize]) -> Vec<ScalarIr> {
+    values
+        .iter()
+        .map(|&value| ScalarIr::UInt(value as u64))
+        .collect()
+}
+
+/// `shape` with its last dimension replaced by `last`.
+fn with_last(shape: Shape, last: usize) -> Shape {
+    let mut dims = shape.to_vec();
+    *dims.last_mut().expect("a tensor of rank 1 or more") = last;
+    Shape::from(dims)
+}
+
+fn last(shape: &Shape) -> usize {
+    shape[shape.num_dims() - 1]
+}
+
+impl FusedOps for Remote {
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let [y] = on_server(
+            LAYER_NORM,
+            vec![x, gamma, beta],
+            [shape],
+            vec![ScalarIr::Float(epsilon)],
+        );
+        y
+    }
+
+    fn fused_softmax(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let [y] = on_server(SOFTMAX, vec![x], [shape], vec![]);
+        y
+    }
+
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let [y] = on_server(GELU, vec![x], [shape], vec![]);
+        y
+    }
+
+    fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let [dx] = on_server(GELU_BACKWARD, vec![x, grad], [shape], vec![]);
+        dx
+    }
+
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let shape = with_last(x.shape(), weight.shape()[1]);
+        let [y] = on_server(LINEAR, vec![x, weight, bias], [shape], vec![]);
+        y
+    }
+
+    fn fused_linear_unbiased(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = with_last(x.shape(), weight.shape()[1]);
+        let [y] = on_server(LINEAR_UNBIASED, vec![x, weight], [shape], vec![]);
+        y
+    }
+
+    fn linear_x_gradient(weight: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = with_last(grad.shape(), weight.shape()[0]);
+        let [dx] = on_server(LINEAR_X_GRADIENT, vec![weight, grad], [shape], vec![]);
+        dx
+    }
+
+    fn linear_weight_gradient(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = Shape::from([last(&x.shape()), last(&grad.shape())]);
+        let [dw] = on_server(LINEAR_WEIGHT_GRADIENT, vec![x, grad], [shape], vec![]);
+        dw
+    }
+
+    fn linear_bias_gradient(grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = Shape::from([last(&grad.shape())]);
+        let [db] = on_server(LINEAR_BIAS_GRADIENT, vec![grad], [shape], vec![]);
+        db
+    }
+
+    fn layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (x_shape, gamma_shape) = (x.shape(), gamma.shape());
+        let [dx, dgamma, dbeta] = on_server(
+            LAYER_NORM_BACKWARD,
+            vec![x, gamma, grad],
+            [x_shape, gamma_shape.clone(), gamma_shape],
+            vec![ScalarIr::Float(epsilon)],
+        );
+        (dx, dgamma, dbeta)
+    }
+
+    fn softmax_backward(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = output.shape();
+        let [dx] = on_server(SOFTMAX_BACKWARD, vec![output, grad], [shape], vec![]);
+        dx
+    }
+}
+
+impl HostOps for Remote {
+    fn fused_attention(
+        qkv: FloatTensor<Self>,
+        images: usize,
+        heads: usize,
+        kept: usize,
+    ) -> FloatTensor<Self> {
+        let context = context_shape(&qkv, images, kept);
+        let [context] = on_server(
+            ATTENTION,
+            vec![qkv],
+            [context],
+            sizes(&[images, heads, kept]),
+        );
+        context
+    }
+
+    fn attention_with_weights(
+        qkv: FloatTensor<Self>,
+        images: usize,
+        heads: usize,
+        kept: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let tokens = qkv.shape()[0] / images;
+        let shapes = [
+            context_shape(&qkv, images, kept),
+            Shape::from([images, kept, tokens, heads]),
+        ];
+        let [context, weights] = on_server(
+            ATTENTION_WITH_WEIGHTS,
+            vec![qkv],
+            shapes,
+            sizes(&[images, heads, kept]),
+        );
+        (context, weights)
+    }
+
+    fn attention_backward(
+        qkv: FloatTensor<Self>,
+        weights: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        images: usize,
+        heads: usize,
+        kept: usize,
+    ) -> FloatTensor<Self> {
+        let shape = qkv.shape();
+        let [dqkv] = on_server(
+            ATTENTION_BACKWARD,
+            vec![qkv, weights, grad],
+            [shape],
+            sizes(&[images, heads, kept]),
+        );
+        dqkv
+    }
+
+    fn transpose_groups(
+        x: FloatTensor<Self>,
+        rows: usize,
+        columns: usize,
+        width: usize,
+    ) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let [y] = on_server(
+            TRANSPOSE_GROUPS,
+            vec![x],
+            [shape],
+            sizes(&[rows, columns, width]),
+        );
+        y
+    }
+}
+
+impl AdamOps for Remote {
+    fn adam_update(
+        parameter: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        step: AdamStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let shape = parameter.shape();
+        let [parameter, moment_1, moment_2] = on_server(
+            ADAM_UPDATE,
+            vec![parameter, grad, moment_1, moment_2],
+            [shape.clone(), shape.clone(), shape],
+            adam_scalars(step),
+        );
+        (parameter, moment_1, moment_2)
+    }
+}
+
+/// `step` as the scalars of [`ADAM_UPDATE`]; [`adam_step`] reads them back.
+fn adam_scalars(step: AdamStep) -> Vec<ScalarIr> {
+    let AdamSettings {
+        beta_1,
+        beta_2,
+        epsilon,
+        weight_decay,
+    } = step.settings;
+    let (decay, rate) = match weight_decay {
+        WeightDecay::None => (0, 0.0),
+        WeightDecay::L2(rate) => (1, rate),
+        WeightDecay::Decoupled(rate) => (2, rate),
+    };
+    let floats = [beta_1, beta_2, epsilon, rate].map(|value| ScalarIr::Float(value.into()));
+    let rest = [
+        ScalarIr::UInt(decay),
+        ScalarIr::Float(step.lr),
+        ScalarIr::UInt(step.time as u64),
+    ];
+    floats.into_iter().chain(rest).collect()
+}
+
+fn adam_step(scalars: &[ScalarIr]) -> AdamStep {
+    let single = |index| float(scalars, index) as f32;
+    let rate = single(3);
+    let weight_decay = match size(scalars, 4) {
+        0 => WeightDecay::None,
+        1 => WeightDecay::L2(rate),
+        _ => WeightDecay::Decoupled(rate),
+    };
+    AdamStep {
+        settings: AdamSettings {
+            beta_1: single(0),
+            beta_2: single(1),
+            epsilon: single(2),
+            weight_decay,
+        },
+        lr: float(scalars, 5),
+        time: size(scalars, 6),
+    }
+}
+
+/// One Adam step on the server's tensors of any backend: one pass over their values on the
+/// host, in the tensors' own buffers where nothing else holds them (flex), else in copies.
+fn host_adam_update<B: Backend>(
+    [parameter, grad, moment_1, moment_2]: [FloatTensor<B>; 4],
+    step: AdamStep,
+) -> [FloatTensor<B>; 3] {
+    let (shape, device) = (parameter.shape(), parameter.device());
+    let mut parameter = host::<B>(parameter).into_unique();
+    let mut moment_1 = host::<B>(moment_1).into_unique();
+    let mut moment_2 = host::<B>(moment_2).into_unique();
+    let grad = host::<B>(grad);
+    step.apply(
+        parameter.values_mut(),
+        grad.f32s(),
+        moment_1.values_mut(),
+        moment_2.values_mut(),
+    );
+    [parameter, moment_1, moment_2].map(|values| values.into_tensor::<B>(shape.clone(), &device))
+}
+
+/// The attention's context `[images * kept, dim]` for the projection `qkv` `[rows, 3 * dim]`.
+fn context_shape(qkv: &FloatTensor<Remote>, images: usize, kept: usize) -> Shape {
+    Shape::from([images * kept, qkv.shape()[1] / 3])
+}
+
+/// `server` with a handler for every operation above, run by the backend of `device` (the
+/// device it hosts): the host kernels on flex and ndarray, the extension's defaults (Burn's
+/// operations) on wgpu.
+pub fn with_layer_ops(server: RemoteServer, device: &Device) -> RemoteServer {
+    #[allow(unreachable_patterns)] // every variant is listed when every backend is built in
+    match device.as_dispatch().clone().inner() {
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => handlers::<burn::backend::Flex>(server),
+        #[cfg(feature = "ndarray")]
+        DispatchDevice::NdArray(_) => handlers::<burn::backend::NdArray>(server),
+        #[cfg(feature = "wgpu")]
+        DispatchDevice::Cube(_) => handlers::<burn::backend::Cube>(server),
+        _ => server,
+    }
+}
+
+/// A server's handler that reads the `I` inputs as `B`'s tensors, runs `run` on them and the
+/// operation's scalars, and registers its `O` outputs under the ids the client chose.
+fn handler<B: BackendIr, const I: usize, const O: usize>(
+    run: fn([FloatTensor<B>; I], &[ScalarIr]) -> [FloatTensor<B>; O],
+) -> impl Fn(&mut HandleContainer<B::Handle>, &CustomOpIr, &B::Device) + Send + Sync + 'static {
+    move |handles, op, _device| {
+        let (inputs, outputs) = op.as_fixed::<I, O>();
+        let inputs = inputs
+            .each_ref()
+            .map(|input| handles.get_float_tensor::<B>(input));
+        for (output, tensor) in outputs.iter().zip(run(inputs, &op.scalars)) {
+            handles.register_float_tensor::<B>(&output.id, tensor);
+        }
+    }
+}
+
+fn float(scalars: &[ScalarIr], index: usize) -> f64 {
+    scalars[index].elem()
+}
+
+fn size(scalars: &[ScalarIr], index: usize) -> usize {
+    scalars[index].elem::<u64>() as usize
+}
+
+fn handlers<B: FusedOps + HostOps + BackendIr>(server: RemoteServer) -> RemoteServer {
+    server
+        .with_custom_op::<B, _>(
+            LAYER_NORM,
+            handler::<B, 3, 1>(|[x, gamma, beta], s| {
+                [B::fused_layer_norm(x, gamma, beta, float(s, 0))]
+            }),
+        )
+        .with_custom_op::<B, _>(
+            LAYER_NORM_BACKWARD,
+            handler::<B, 3, 3>(|[x, gamma, grad], s| {
+                let (dx, dgamma, dbeta) = B::layer_norm_backward(x, gamma, grad, float(s, 0));
+                [dx, dgamma, dbeta]
+            }),
+        )
+        .with_custom_op::<B, _>(SOFTMAX, handler::<B, 1, 1>(|[x], _| [B::fused_softmax(x)]))
+        .with_custom_op::<B, _>(
+            SOFTMAX_BACKWARD,
+            handler::<B, 2, 1>(|[output, grad], _| [B::softmax_backward(output, grad)]),
+        )
+        .with_custom_op::<B, _>(GELU, handler::<B, 1, 1>(|[x], _| [B::fused_gelu(x)]))
+        .with_custom_op::<B, _>(
+            GELU_BACKWARD,
+            handler::<B, 2, 1>(|[x, grad], _| [B::fused_gelu_backward(x, grad)]),
+        )
+        .with_custom_op::<B, _>(
+            LINEAR,
+            handler::<B, 3, 1>(|[x, weight, bias], _| [B::fused_linear(x, weight, bias)]),
+        )
+        .with_custom_op::<B, _>(
+            LINEAR_UNBIASED,
+            handler::<B, 2, 1>(|[x, weight], _| [B::fused_linear_unbiased(x, weight)]),
+        )
+        .with_custom_op::<B, _>(
+            LINEAR_X_GRADIENT,
+            handler::<B, 2, 1>(|[weight, grad], _| [B::linear_x_gradient(weight, grad)]),
+        )
+        .with_custom_op::<B, _>(
+            LINEAR_WEIGHT_GRADIENT,
+            handler::<B, 2, 1>(|[x, grad], _| [B::linear_weight_gradient(x, grad)]),
+        )
+        .with_custom_op::<B, _>(
+            LINEAR_BIAS_GRADIENT,
+            handler::<B, 1, 1>(|[grad], _| [B::linear_bias_gradient(grad)]),
+        )
+        .with_custom_op::<B, _>(
+            ATTENTION,
+            handler::<B, 1, 1>(|[qkv], s| {
+                [B::fused_attention(qkv, size(s, 0), size(s, 1), size(s, 2))]
+            }),
+        )
+        .with_custom_op::<B, _>(
+            ATTENTION_WITH_WEIGHTS,
+            handler::<B, 1, 2>(|[qkv], s| {
+                let (context, weights) =
+                    B::attention_with_weights(qkv, size(s, 0), size(s, 1), size(s, 2));
+                [context, weights]
+            }),
+        )
+        .with_custom_op::<B, _>(
+            ATTENTION_BACKWARD,
+            handler::<B, 3, 1>(|[qkv, weights, grad], s| {
+                [B::attention_backward(
+                    qkv,
+                    weights,
+                    grad,
+                    size(s, 0),
+                    size(s, 1),
+                    size(s, 2),
+                )]
+            }),
+        )
+        .with_custom_op::<B, _>(
+            ADAM_UPDATE,
+            handler::<B, 4, 3>(|tensors, s| host_adam_update::<B>(tensors, adam_step(s))),
+        )
+        .with_custom_op::<B, _>(
+            TRANSPOSE_GROUPS,
+            handler::<B, 1, 1>(|[x], s| {
+                [B::transpose_groups(x, size(s, 0), size(s, 1), size(s, 2))]
+            }),
+        )
+}
