@@ -37,10 +37,13 @@ pub fn remote_bench_command(args: &[String]) -> Result<Command, String> {
 }
 
 /// Adds `args` to `cargo`'s command line. cargo runs benches in their package's directory:
-/// the paths after `--out`, `--config`, `--run-dir` and `--data-dir` are made to mean what
-/// the user meant.
+/// the paths after `--out`, `--config`, `--run-dir` and `--data-dir`, and `MNIST_DIR`, are
+/// made to mean what the user meant.
 fn pass_paths(cargo: &mut Command, args: Vec<String>) -> Result<(), String> {
     let here = std::env::current_dir().map_err(|error| error.to_string())?;
+    if let Some(mnist) = std::env::var_os("MNIST_DIR") {
+        cargo.env("MNIST_DIR", here.join(mnist));
+    }
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let is_path = ["--out", "--config", "--run-dir", "--data-dir"].contains(&arg.as_str());

@@ -6,7 +6,7 @@
 //! tests. Run it as `cargo xtask bench --remote [--config F] [--images N] [--rounds R]`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
 
 use clap::Parser;
 
@@ -65,10 +65,10 @@ const SETTINGS: [Setting; 4] = [
     },
 ];
 
-fn main() {
+fn main() -> ExitCode {
     let options = Options::parse();
     if !netns::available() {
-        std::process::exit(1);
+        return ExitCode::FAILURE;
     }
     let Some(data_dir) = options
         .data_dir
@@ -76,7 +76,7 @@ fn main() {
         .or_else(|| std::env::var_os("MNIST_DIR").map(PathBuf::from))
     else {
         eprintln!("error: name the MNIST directory with --data-dir or MNIST_DIR");
-        std::process::exit(1);
+        return ExitCode::FAILURE;
     };
     let work = tempfile::tempdir().expect("a work directory");
     let preset =
@@ -86,7 +86,7 @@ fn main() {
         Ok(made) => made,
         Err(error) => {
             eprintln!("error: {}: {error}", source.display());
-            std::process::exit(1);
+            return ExitCode::FAILURE;
         }
     };
     let binary = Path::new(env!("CARGO_BIN_EXE_vit-trainer"));
@@ -126,7 +126,9 @@ fn main() {
                     setting.name,
                     String::from_utf8_lossy(&output.stderr)
                 );
-                std::process::exit(1);
+                // Returning, not exiting: dropping `hosts` stops the servers and removes the
+                // namespaces.
+                return ExitCode::FAILURE;
             }
             let report: serde_json::Value = serde_json::from_str(
                 &std::fs::read_to_string(work.path().join(&run).join("report.json"))
@@ -148,6 +150,7 @@ fn main() {
             );
         }
     }
+    ExitCode::SUCCESS
 }
 
 /// The config at `source` for one epoch of `images` images and a 500-image validation pass,
