@@ -11,7 +11,7 @@
 
 use burn::backend::ir::{BackendIr, CustomOpIr, HandleContainer, ScalarIr, TensorIr};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, DispatchDevice, Remote, TensorMetadata};
+use burn::backend::{DispatchDevice, Remote, TensorMetadata};
 use burn::remote::CustomOpClient;
 use burn::server::RemoteServer;
 use burn::tensor::{Device, Shape};
@@ -19,7 +19,6 @@ use burn::tensor::{Device, Shape};
 use crate::adam::in_place::AdamOps;
 use crate::adam::{AdamSettings, AdamStep, WeightDecay};
 use crate::extension::{FusedOps, HostOps};
-use crate::host::buffers::host;
 
 /// The id of operation `name` on the wire.
 macro_rules! op_id {
@@ -72,10 +71,10 @@ fn sizes(values: &[usize]) -> Vec<ScalarIr> {
 }
 
 /// `shape` with its last dimension replaced by `last`.
-fn with_last(shape: Shape, last: usize) -> Shape {
-    let mut dims = shape.to_vec();
-    *dims.last_mut().expect("a tensor of rank 1 or more") = last;
-    Shape::from(dims)
+fn with_last(mut shape: Shape, last: usize) -> Shape {
+    let end = shape.num_dims() - 1;
+    shape[end] = last;
+    shape
 }
 
 fn last(shape: &Shape) -> usize {
@@ -307,26 +306,6 @@ fn adam_step(scalars: &[ScalarIr]) -> AdamStep {
     }
 }
 
-/// One Adam step on the server's tensors of any backend: one pass over their values on the
-/// host, in the tensors' own buffers where nothing else holds them (flex), else in copies.
-fn host_adam_update<B: Backend>(
-    [parameter, grad, moment_1, moment_2]: [FloatTensor<B>; 4],
-    step: AdamStep,
-) -> [FloatTensor<B>; 3] {
-    let (shape, device) = (parameter.shape(), parameter.device());
-    let mut parameter = host::<B>(parameter).into_unique();
-    let mut moment_1 = host::<B>(moment_1).into_unique();
-    let mut moment_2 = host::<B>(moment_2).into_unique();
-    let grad = host::<B>(grad);
-    step.apply(
-        parameter.values_mut(),
-        grad.f32s(),
-        moment_1.values_mut(),
-        moment_2.values_mut(),
-    );
-    [parameter, moment_1, moment_2].map(|values| values.into_tensor::<B>(shape.clone(), &device))
-}
-
 /// The attention's context `[images * kept, dim]` for the projection `qkv` `[rows, 3 * dim]`.
 fn context_shape(qkv: &FloatTensor<Remote>, images: usize, kept: usize) -> Shape {
     Shape::from([images * kept, qkv.shape()[1] / 3])
@@ -372,7 +351,7 @@ fn size(scalars: &[ScalarIr], index: usize) -> usize {
     scalars[index].elem::<u64>() as usize
 }
 
-fn handlers<B: FusedOps + HostOps + BackendIr>(server: RemoteServer) -> RemoteServer {
+fn handlers<B: FusedOps + HostOps + AdamOps + BackendIr>(server: RemoteServer) -> RemoteServer {
     server
         .with_custom_op::<B, _>(
             LAYER_NORM,
@@ -446,7 +425,11 @@ fn handlers<B: FusedOps + HostOps + BackendIr>(server: RemoteServer) -> RemoteSe
         )
         .with_custom_op::<B, _>(
             ADAM_UPDATE,
-            handler::<B, 4, 3>(|tensors, s| host_adam_update::<B>(tensors, adam_step(s))),
+            handler::<B, 4, 3>(|[parameter, grad, moment_1, moment_2], s| {
+                let (parameter, moment_1, moment_2) =
+                    B::adam_update(parameter, grad, moment_1, moment_2, adam_step(s));
+                [parameter, moment_1, moment_2]
+            }),
         )
         .with_custom_op::<B, _>(
             TRANSPOSE_GROUPS,

@@ -3,7 +3,7 @@
 //! after a copy otherwise. A compute server's device ships it to the server (`remote.rs`).
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, backend_extension};
+use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension};
 use burn::tensor::Tensor;
 
 use super::step::AdamStep;
@@ -14,15 +14,38 @@ use super::step::AdamStep;
     Remote: cfg(feature = "remote"),
 )]
 pub trait AdamOps: Backend {
-    /// The parameter and its two moments after one Adam step.
+    /// The parameter and its two moments after one Adam step. By default one pass over their
+    /// values on the host, in copies (what a compute server of a backend without its own
+    /// update runs, `remote.rs`); flex and libtorch write their own buffers.
     fn adam_update(
         parameter: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         moment_1: FloatTensor<Self>,
         moment_2: FloatTensor<Self>,
         step: AdamStep,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        use crate::host::buffers::host;
+        let (shape, device) = (parameter.shape(), parameter.device());
+        let mut parameter = host::<Self>(parameter).into_unique();
+        let mut moment_1 = host::<Self>(moment_1).into_unique();
+        let mut moment_2 = host::<Self>(moment_2).into_unique();
+        step.apply(
+            parameter.values_mut(),
+            host::<Self>(grad).f32s(),
+            moment_1.values_mut(),
+            moment_2.values_mut(),
+        );
+        let [parameter, moment_1, moment_2] = [parameter, moment_1, moment_2]
+            .map(|values| values.into_tensor::<Self>(shape.clone(), &device));
+        (parameter, moment_1, moment_2)
+    }
 }
+
+#[cfg(all(feature = "ndarray", feature = "remote"))]
+impl AdamOps for burn::backend::NdArray {}
+
+#[cfg(all(feature = "wgpu", feature = "remote"))]
+impl AdamOps for burn::backend::Cube {}
 
 /// One Adam step for an `f32` parameter on a device [`crate::route::updates_in_place`] names.
 pub(super) fn update<const D: usize>(
