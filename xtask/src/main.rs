@@ -26,6 +26,10 @@ const ONNX_SCRIPT: &str = "tools/onnx_runtime.py";
 const CPU_BACKENDS: [&str; 2] = ["flex", "ndarray"];
 /// The trainer's feature for Burn compute servers.
 const REMOTE_FEATURE: &str = "remote";
+/// Set (to anything but `0`), every trainer command is built with [`REMOTE_FEATURE`]: CI sets
+/// it so its training and export steps reuse the compute-server tests' build (`flex,remote`)
+/// instead of compiling Burn a third time for a flex-only trainer.
+const REMOTE_BUILD_ENV: &str = "VIT_TRAINER_REMOTE";
 
 /// Project commands. Trainer commands take `--backend flex|ndarray|wgpu|tch` (default flex)
 /// and pass the rest to the trainer: `cargo xtask train --help` lists its arguments.
@@ -152,7 +156,8 @@ fn trainer_command(command: &str, args: &[String]) -> Result<Command, String> {
                 .into(),
         );
     }
-    let features = if command == "compute-server" || client {
+    let remote_build = std::env::var_os(REMOTE_BUILD_ENV).is_some_and(|value| value != "0");
+    let features = if command == "compute-server" || client || remote_build {
         format!("{backend},{REMOTE_FEATURE}")
     } else {
         backend.clone()
