@@ -56,6 +56,54 @@ impl std::fmt::Display for TorchDevice {
     }
 }
 
+/// Which wgpu adapter `--device` asks for: `wgpu` (wgpu's own choice, a high-power GPU
+/// first, or `CUBECL_WGPU_DEFAULT_DEVICE`), `wgpu:cpu` (a software adapter such as lavapipe),
+/// `wgpu:N` or `wgpu:discrete:N` (the N-th discrete GPU), `wgpu:integrated:N`,
+/// `wgpu:virtual:N`. Several of them are several devices of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WgpuAdapter {
+    Default,
+    Cpu,
+    Discrete(usize),
+    Integrated(usize),
+    Virtual(usize),
+}
+
+impl std::str::FromStr for WgpuAdapter {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || {
+            format!(
+                "`{text}` is not a wgpu adapter: wgpu, wgpu:cpu, wgpu:N, wgpu:discrete:N, \
+                 wgpu:integrated:N or wgpu:virtual:N"
+            )
+        };
+        let index = |number: &str| number.parse::<usize>().map_err(|_| invalid());
+        let lower = text.to_lowercase();
+        match lower.split(':').collect::<Vec<_>>().as_slice() {
+            ["wgpu"] | ["wgpu", "default"] => Ok(Self::Default),
+            ["wgpu", "cpu"] => Ok(Self::Cpu),
+            ["wgpu", number] | ["wgpu", "discrete", number] => index(number).map(Self::Discrete),
+            ["wgpu", "integrated", number] => index(number).map(Self::Integrated),
+            ["wgpu", "virtual", number] => index(number).map(Self::Virtual),
+            _ => Err(invalid()),
+        }
+    }
+}
+
+impl std::fmt::Display for WgpuAdapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Default => f.write_str("wgpu:default"),
+            Self::Cpu => f.write_str("wgpu:cpu"),
+            Self::Discrete(index) => write!(f, "wgpu:discrete:{index}"),
+            Self::Integrated(index) => write!(f, "wgpu:integrated:{index}"),
+            Self::Virtual(index) => write!(f, "wgpu:virtual:{index}"),
+        }
+    }
+}
+
 /// The libtorch device to run on, given what `--device` asks for and how many CUDA devices
 /// libtorch sees, with the line that says so: the first CUDA device when none is asked for
 /// and there is one, else the CPU. Asking for a CUDA device that is not there is an error.
@@ -114,6 +162,62 @@ pub fn select(requested: Option<TorchDevice>) -> anyhow::Result<Device> {
     } else {
         Device::default()
     };
+    started(name, device)
+}
+
+/// The device of the wgpu adapter `adapter`, started and ready: `--device wgpu…`, which
+/// chooses the wgpu backend, so a build without it or a `BURN_DEVICE` naming another is an
+/// error.
+pub fn select_wgpu(adapter: WgpuAdapter) -> anyhow::Result<Device> {
+    check_wgpu_choice(
+        adapter,
+        &compiled(),
+        std::env::var(DEVICE_VARIABLE).ok().as_deref(),
+    )?;
+    started("wgpu", wgpu_device(adapter)?)
+}
+
+/// Whether `--device {adapter}` agrees with the build (`compiled`) and `BURN_DEVICE`.
+fn check_wgpu_choice(
+    adapter: WgpuAdapter,
+    compiled: &[&str],
+    variable: Option<&str>,
+) -> anyhow::Result<()> {
+    if !compiled.contains(&"wgpu") {
+        bail!(
+            "--device {adapter} is a wgpu adapter, and this binary was built with {} only; \
+             build it with wgpu (`cargo xtask train --backend wgpu --device {adapter} …`)",
+            compiled.join(", ")
+        );
+    }
+    if let Some(name) = variable.map(str::to_lowercase)
+        && name != "wgpu"
+    {
+        bail!("--device {adapter} is a wgpu adapter, but {DEVICE_VARIABLE}={name} chooses {name}");
+    }
+    Ok(())
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_device(adapter: WgpuAdapter) -> anyhow::Result<Device> {
+    use burn::tensor::DeviceKind;
+    Ok(Device::wgpu(match adapter {
+        WgpuAdapter::Default => DeviceKind::DefaultDevice,
+        WgpuAdapter::Cpu => DeviceKind::Cpu,
+        WgpuAdapter::Discrete(index) => DeviceKind::DiscreteGpu(index),
+        WgpuAdapter::Integrated(index) => DeviceKind::IntegratedGpu(index),
+        WgpuAdapter::Virtual(index) => DeviceKind::VirtualGpu(index),
+    }))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_device(adapter: WgpuAdapter) -> anyhow::Result<Device> {
+    bail!("--device {adapter}: this build holds no wgpu backend (build with the `wgpu` feature)")
+}
+
+/// `device` of the backend `name`, once it has run an operation; a backend that cannot start
+/// is an error that says what to install.
+fn started(name: &str, device: Device) -> anyhow::Result<Device> {
     start(&device).map_err(|message| {
         anyhow!(
             "the {name} backend cannot start: {message}\n{}",
@@ -240,6 +344,51 @@ mod tests {
             let error = bad.parse::<TorchDevice>().unwrap_err();
             assert!(error.contains(&format!("`{bad}`")), "{error}");
         }
+    }
+
+    #[test]
+    fn wgpu_adapters_parse_and_print_back() {
+        for (text, adapter) in [
+            ("wgpu", WgpuAdapter::Default),
+            ("wgpu:default", WgpuAdapter::Default),
+            ("WGPU:CPU", WgpuAdapter::Cpu),
+            ("wgpu:1", WgpuAdapter::Discrete(1)),
+            ("wgpu:discrete:2", WgpuAdapter::Discrete(2)),
+            ("wgpu:integrated:0", WgpuAdapter::Integrated(0)),
+            ("wgpu:virtual:3", WgpuAdapter::Virtual(3)),
+        ] {
+            assert_eq!(text.parse::<WgpuAdapter>(), Ok(adapter), "{text}");
+            assert_eq!(adapter.to_string().parse::<WgpuAdapter>(), Ok(adapter));
+        }
+        for bad in [
+            "wgpux",
+            "wgpu:",
+            "wgpu:gpu",
+            "wgpu:-1",
+            "wgpu:discrete",
+            "wgpu:tpu:1",
+        ] {
+            let error = bad.parse::<WgpuAdapter>().unwrap_err();
+            assert!(error.contains(&format!("`{bad}`")), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_wgpu_adapter_needs_wgpu_built_in_and_not_another_backend_chosen() {
+        let adapter = WgpuAdapter::Cpu;
+        let missing = check_wgpu_choice(adapter, &["flex", "ndarray"], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("--device wgpu:cpu") && missing.contains("flex, ndarray only"),
+            "{missing}"
+        );
+        let other = check_wgpu_choice(adapter, &["wgpu", "flex"], Some("flex"))
+            .unwrap_err()
+            .to_string();
+        assert!(other.contains("BURN_DEVICE=flex"), "{other}");
+        assert!(check_wgpu_choice(adapter, &["wgpu", "flex"], Some("WGPU")).is_ok());
+        assert!(check_wgpu_choice(adapter, &["flex", "wgpu"], None).is_ok());
     }
 
     #[test]

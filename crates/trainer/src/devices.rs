@@ -1,7 +1,7 @@
-//! What `--device` names: a libtorch device of the tch backend, or a Burn compute server
-//! (`compute-server`) by its WebSocket address; given several times, the devices one run
-//! trains on side by side. A compute server is checked before Burn connects to it, so an
-//! address where nothing listens is an error within seconds that names it.
+//! What `--device` names: a libtorch device of the tch backend, a wgpu adapter, or a Burn
+//! compute server (`compute-server`) by its WebSocket address; given several times, the
+//! devices one run trains on side by side. A compute server is checked before Burn connects
+//! to it, so an address where nothing listens is an error within seconds that names it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use burn::tensor::Device;
 
-use crate::backend::{self, TorchDevice};
+use crate::backend::{self, TorchDevice, WgpuAdapter};
 
 /// The variable that holds a compute server's token when `--token-file` does not name one.
 pub const TOKEN_VARIABLE: &str = "VIT_REMOTE_TOKEN";
@@ -22,6 +22,8 @@ pub const REACH_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum DeviceArg {
     /// A libtorch device: `cpu`, `cuda`, `cuda:N`.
     Torch(TorchDevice),
+    /// A wgpu adapter: `wgpu`, `wgpu:cpu`, `wgpu:N`, `wgpu:integrated:N`, ….
+    Wgpu(WgpuAdapter),
     /// A compute server, `ws://HOST:PORT`.
     Server(ServerAddress),
 }
@@ -45,13 +47,27 @@ impl std::fmt::Display for ServerAddress {
     }
 }
 
+impl DeviceArg {
+    /// What kind of device this is; one run's devices are all of one kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Torch(_) => "libtorch",
+            Self::Wgpu(_) => "wgpu",
+            Self::Server(_) => "compute-server",
+        }
+    }
+}
+
 impl std::str::FromStr for DeviceArg {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.to_lowercase().starts_with("wgpu") {
+            return text.parse().map(Self::Wgpu);
+        }
         let Some(rest) = text.strip_prefix("ws://") else {
             return text.parse().map(Self::Torch).map_err(|_| {
-                format!("`{text}` is not a device: cpu, cuda, cuda:N or ws://HOST:PORT")
+                format!("`{text}` is not a device: cpu, cuda, cuda:N, wgpu[:…] or ws://HOST:PORT")
             });
         };
         let host_port = rest.trim_end_matches('/');
@@ -73,6 +89,7 @@ impl std::fmt::Display for DeviceArg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Torch(device) => device.fmt(f),
+            Self::Wgpu(adapter) => adapter.fmt(f),
             Self::Server(address) => address.fmt(f),
         }
     }
@@ -130,17 +147,14 @@ pub fn select(requested: &[DeviceArg], token_file: Option<&Path>) -> anyhow::Res
             bail!("--device {device} is given twice");
         }
     }
-    let servers: Vec<&ServerAddress> = requested
+    if let Some(other) = requested
         .iter()
-        .filter_map(|device| match device {
-            DeviceArg::Server(address) => Some(address),
-            DeviceArg::Torch(_) => None,
-        })
-        .collect();
-    if !servers.is_empty() && servers.len() < requested.len() {
+        .find(|device| device.kind() != requested[0].kind())
+    {
         bail!(
-            "--device mixes compute servers with local devices ({}); one run trains on \
-             devices of one kind",
+            "--device mixes {} and {} devices ({}); one run trains on devices of one kind",
+            requested[0].kind(),
+            other.kind(),
             requested
                 .iter()
                 .map(ToString::to_string)
@@ -148,26 +162,20 @@ pub fn select(requested: &[DeviceArg], token_file: Option<&Path>) -> anyhow::Res
                 .join(", ")
         );
     }
-    let devices = if servers.is_empty() {
-        let torch: Vec<Option<TorchDevice>> = match requested {
-            [] => vec![None],
-            _ => requested
-                .iter()
-                .filter_map(|device| match device {
-                    DeviceArg::Torch(torch) => Some(Some(*torch)),
-                    DeviceArg::Server(_) => None,
-                })
-                .collect(),
-        };
-        torch
-            .into_iter()
-            .map(backend::select)
-            .collect::<anyhow::Result<Vec<_>>>()?
+    let token = match requested.first() {
+        Some(DeviceArg::Server(_)) => read_token(token_file)?,
+        _ => None,
+    };
+    let devices = if requested.is_empty() {
+        vec![backend::select(None)?]
     } else {
-        let token = read_token(token_file)?;
-        servers
+        requested
             .iter()
-            .map(|address| connect(address, token.as_deref()))
+            .map(|device| match device {
+                DeviceArg::Torch(torch) => backend::select(Some(*torch)),
+                DeviceArg::Wgpu(adapter) => backend::select_wgpu(*adapter),
+                DeviceArg::Server(address) => connect(address, token.as_deref()),
+            })
             .collect::<anyhow::Result<Vec<_>>>()?
     };
     let names = if requested.is_empty() {
@@ -179,7 +187,7 @@ pub fn select(requested: &[DeviceArg], token_file: Option<&Path>) -> anyhow::Res
         .iter()
         .map(|device| match device {
             DeviceArg::Server(address) => Some(address.clone()),
-            DeviceArg::Torch(_) => None,
+            DeviceArg::Torch(_) | DeviceArg::Wgpu(_) => None,
         })
         .collect();
     Ok(Devices {
@@ -271,6 +279,14 @@ mod tests {
             "cuda:1".parse::<DeviceArg>(),
             Ok(DeviceArg::Torch(TorchDevice::Cuda(1)))
         );
+        assert_eq!(
+            "wgpu:0".parse::<DeviceArg>(),
+            Ok(DeviceArg::Wgpu(WgpuAdapter::Discrete(0)))
+        );
+        assert_eq!(
+            "wgpu:cpu".parse::<DeviceArg>().unwrap().to_string(),
+            "wgpu:cpu"
+        );
         let server = "ws://10.0.0.2:4000/".parse::<DeviceArg>().unwrap();
         assert_eq!(server.to_string(), "ws://10.0.0.2:4000");
         for bad in [
@@ -279,6 +295,7 @@ mod tests {
             "ws://:4000",
             "ws://h:99999",
             "ws://h:1/x",
+            "wgpu:gpu",
             "tpu",
         ] {
             let error = bad.parse::<DeviceArg>().unwrap_err();
@@ -297,6 +314,28 @@ mod tests {
             .err()
             .unwrap();
         assert!(mixed.to_string().contains("mixes"), "{mixed}");
+        let adapters = [
+            DeviceArg::Wgpu(WgpuAdapter::Cpu),
+            DeviceArg::Wgpu(WgpuAdapter::Default),
+        ];
+        let mixed = select(
+            &[adapters[0].clone(), DeviceArg::Torch(TorchDevice::Cpu)],
+            None,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            mixed.contains("mixes wgpu and libtorch devices (wgpu:cpu, cpu)"),
+            "{mixed}"
+        );
+        let twice = select(
+            &[adapters[1].clone(), "wgpu:default".parse().unwrap()],
+            None,
+        )
+        .err()
+        .unwrap();
+        assert!(twice.to_string().contains("given twice"), "{twice}");
     }
 
     #[test]

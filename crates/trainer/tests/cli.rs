@@ -6,6 +6,8 @@ use std::process::Output;
 
 mod common;
 
+#[cfg(feature = "wgpu")]
+use common::assert_same_history;
 use common::{bar, bar_label, synthetic_mnist, text, trainer};
 
 fn run(args: &[&str]) -> Output {
@@ -219,7 +221,7 @@ fn train_with_no_test_leaves_the_test_set_alone() {
     let work = tempfile::tempdir().unwrap();
     let (data, artifacts) = (work.path().join("data"), work.path().join("artifacts"));
     std::fs::create_dir_all(&data).unwrap();
-    synthetic_mnist(&data, 300, 50, bar_label);
+    synthetic_mnist(&data, 200, 50, bar_label);
     for entry in std::fs::read_dir(&data).unwrap() {
         let path = entry.unwrap().path();
         if path
@@ -349,6 +351,51 @@ fn wgpu_without_a_driver_says_what_to_install() {
             && text.contains("mesa-vulkan-drivers")
             && !text.contains("panicked"),
         "{text}"
+    );
+}
+
+/// Two wgpu devices train one run, each a part of every batch (here two Burn devices on
+/// lavapipe's one adapter: `wgpu:cpu`, and wgpu's own choice): it ends with the history of the
+/// run on one of them, and the report names both.
+#[cfg(feature = "wgpu")]
+#[test]
+fn two_wgpu_devices_train_the_run_of_one() {
+    let work = tempfile::tempdir().unwrap();
+    let (data, artifacts) = (work.path().join("data"), work.path().join("artifacts"));
+    std::fs::create_dir_all(&data).unwrap();
+    synthetic_mnist(&data, 300, 50, bar_label);
+    let config = smoke_config(work.path(), 100, 2);
+    let [config, data, artifacts_text] =
+        [&config, &data, &artifacts].map(|p| p.to_str().unwrap().to_string());
+    let train = |run: &str, devices: &[&str]| {
+        let mut command = trainer();
+        // Minimal autotuning: lavapipe compiles every candidate kernel of every shape on
+        // each device, minutes of a test about how the batch is split, not which kernel runs.
+        command
+            .env("BURN_DEVICE", "wgpu")
+            .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
+            .env_remove("MNIST_DIR");
+        command.args(train_args(&config, &data, &artifacts_text, run));
+        command.arg("--no-test");
+        for device in devices {
+            command.args(["--device", device]);
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success() && !text(&output).contains("panicked"),
+            "{}",
+            text(&output)
+        );
+        report(&artifacts.join(run))
+    };
+    let one = train("one", &["wgpu:cpu"]);
+    let two = train("two", &["wgpu:cpu", "wgpu"]);
+    assert_eq!(two["backend"], "wgpu:cpu + wgpu:default");
+    let history = |report: &serde_json::Value| report["history"].as_array().unwrap().clone();
+    assert_same_history(
+        &history(&one),
+        &history(&two),
+        "two wgpu devices against one",
     );
 }
 

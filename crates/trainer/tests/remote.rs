@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::netns::{self, Hosts};
-use common::{bar_label, synthetic_mnist, text};
+use common::{assert_same_history, bar_label, synthetic_mnist, text};
 
 /// A work directory: synthetic MNIST, a small config (no dropout: its draws would differ
 /// between one device and two), artifacts, and the servers' token.
@@ -78,28 +78,6 @@ fn run(mut command: Command) -> Output {
 
 fn succeeded(output: &Output) {
     assert!(output.status.success(), "{}", text(output));
-}
-
-/// Each epoch's figures agree within float tolerance: the devices add the same gradients in
-/// another order, and the servers run Burn's composed operations where the local run runs
-/// the fused ones.
-fn assert_same_history(a: &[serde_json::Value], b: &[serde_json::Value], what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}");
-    for (a, b) in a.iter().zip(b) {
-        for key in [
-            "train_loss",
-            "train_accuracy",
-            "valid_loss",
-            "valid_accuracy",
-        ] {
-            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
-            assert!(
-                (x - y).abs() <= 2e-3 * x.abs().max(1.0),
-                "{what}: {key} {x} against {y} in epoch {}",
-                a["epoch"]
-            );
-        }
-    }
 }
 
 #[test]

@@ -26,10 +26,11 @@ use crate::devices::{self, DeviceArg};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Where to run: a libtorch device of the tch backend (`cpu`, `cuda`, `cuda:N`) or a
-    /// compute server (`ws://HOST:PORT`); repeated, `train` trains on all of them at once, the
-    /// batch split between them [default: this build's backend; for tch the first CUDA device
-    /// libtorch sees, else the CPU].
+    /// Where to run: a libtorch device of the tch backend (`cpu`, `cuda`, `cuda:N`), a wgpu
+    /// adapter (`wgpu`, `wgpu:cpu`, `wgpu:N` for the N-th discrete GPU, `wgpu:integrated:N`,
+    /// `wgpu:virtual:N`) or a compute server (`ws://HOST:PORT`); repeated, `train` trains on
+    /// all of them at once, the batch split between them [default: this build's backend; for
+    /// tch the first CUDA device libtorch sees, else the CPU].
     #[arg(long, global = true, value_name = "DEVICE")]
     device: Vec<DeviceArg>,
     /// A file whose first line is the compute servers' token [default: $VIT_REMOTE_TOKEN];

@@ -73,3 +73,25 @@ pub fn train_in(command: &mut Command, work: &Path, run: &str) {
 pub fn report_of(run_dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap()).unwrap()
 }
+
+/// Each epoch's figures of two runs' histories agree within float tolerance: several devices
+/// add the same gradients in another order, and compute servers may run Burn's composed
+/// operations where a local run runs fused ones.
+pub fn assert_same_history(a: &[serde_json::Value], b: &[serde_json::Value], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (a, b) in a.iter().zip(b) {
+        for key in [
+            "train_loss",
+            "train_accuracy",
+            "valid_loss",
+            "valid_accuracy",
+        ] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 2e-3 * x.abs().max(1.0),
+                "{what}: {key} {x} against {y} in epoch {}",
+                a["epoch"]
+            );
+        }
+    }
+}
