@@ -1,9 +1,10 @@
 //! `compute-server`: this build's device, hosted for trainers elsewhere (`train --device
 //! ws://HOST:PORT`) by Burn's remote server over WebSocket, until Ctrl-C or SIGTERM.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 
+#[cfg(feature = "remote")]
 use anyhow::Context;
 use burn::tensor::Device;
 
@@ -20,6 +21,7 @@ pub struct Args {
 pub fn exec(args: Args, device: Device, token_file: Option<&Path>) -> anyhow::Result<()> {
     use burn::server::{RemoteServer, TokenAuthorizer, WebSocketTransport};
     use std::io::Write;
+    use std::net::TcpListener;
 
     // Only a file: a token on the command line would show in every process listing.
     let token = match token_file {
