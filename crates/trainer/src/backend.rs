@@ -247,7 +247,7 @@ pub fn torch_device(_requested: Option<TorchDevice>) -> anyhow::Result<Device> {
 
 /// Runs one tiny operation on `device`. Backends start lazily and report a missing driver or
 /// library by panicking, often on a thread of their own.
-fn start(device: &Device) -> Result<(), String> {
+pub(crate) fn start(device: &Device) -> Result<(), String> {
     quiet_panics(|| Tensor::<1>::ones([1], device).into_data()).map(drop)
 }
 

@@ -178,6 +178,9 @@ pub fn select(requested: &[DeviceArg], token_file: Option<&Path>) -> anyhow::Res
             })
             .collect::<anyhow::Result<Vec<_>>>()?
     };
+    if let Some(DeviceArg::Server(_)) = requested.first() {
+        yield_to_device_threads(&devices, requested)?;
+    }
     let names = if requested.is_empty() {
         vec![format!("{:?}", devices[0])]
     } else {
@@ -196,6 +199,38 @@ pub fn select(requested: &[DeviceArg], token_file: Option<&Path>) -> anyhow::Res
         servers,
     })
 }
+
+/// Runs an operation on each compute server's device (so Burn has started the threads that
+/// carry its operations to the server), then lowers this thread's priority, and with it that
+/// of the threads it starts later (the training workers, the data loader).
+///
+/// Burn 0.22.1's device channel makes the thread that issues operations spin when the queue
+/// of 32 operations is full (cubecl-common's `device/handle/channel.rs`: 2^19 spins before it
+/// yields), while the device-service thread that empties the queue into the socket waits for
+/// a core. On a trainer with one core that spin took most of it; at the lowest priority the
+/// issuing thread gives way to the device-service and socket threads, which keep theirs
+/// (measured in docs/benchmarks.md).
+fn yield_to_device_threads(devices: &[Device], requested: &[DeviceArg]) -> anyhow::Result<()> {
+    for (device, name) in devices.iter().zip(requested) {
+        backend::start(device)
+            .map_err(|message| anyhow::anyhow!("the compute server {name}: {message}"))?;
+    }
+    lower_this_threads_priority();
+    Ok(())
+}
+
+/// Nice 19 for the calling thread only (Linux keeps a nice value per thread).
+#[cfg(target_os = "linux")]
+fn lower_this_threads_priority() {
+    // SAFETY: gettid and setpriority take no pointers; a failure leaves the priority as it was.
+    unsafe {
+        let thread = libc::gettid() as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, thread, 19);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_this_threads_priority() {}
 
 /// The compute servers' token: the first line of `token_file`, else [`TOKEN_VARIABLE`], else
 /// none (a server with a token refuses a client without one).
