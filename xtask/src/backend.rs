@@ -38,13 +38,6 @@ pub fn take_backends(args: &[String]) -> Result<(Vec<String>, Vec<String>), Stri
     Ok((backends, rest))
 }
 
-/// The one backend of a trainer command: the last `--backend`, else the default.
-pub fn take_backend(args: &[String]) -> Result<(String, Vec<String>), String> {
-    let (backends, rest) = take_backends(args)?;
-    let backend = backends.last().map_or(DEFAULT_BACKEND, String::as_str);
-    Ok((backend.to_string(), rest))
-}
-
 /// Checks that `backend` can be built and run here, and gives `command` (a cargo or a program
 /// built with it) the environment it needs. The error says what is missing and what installs it.
 pub fn prepare(backend: &str, command: &mut Command) -> Result<(), String> {
@@ -186,14 +179,14 @@ mod tests {
 
     #[test]
     fn backend_is_taken_out_and_the_rest_passed_on() {
-        let (backend, rest) =
-            take_backend(&strings(&["--config", "c.json", "--backend", "ndarray"])).unwrap();
+        let (backends, rest) =
+            take_backends(&strings(&["--config", "c.json", "--backend", "ndarray"])).unwrap();
         assert_eq!(
-            (backend.as_str(), rest),
-            ("ndarray", strings(&["--config", "c.json"]))
+            (backends, rest),
+            (strings(&["ndarray"]), strings(&["--config", "c.json"]))
         );
-        let (backend, _) = take_backend(&strings(&["--backend=tch"])).unwrap();
-        assert_eq!(backend, "tch");
+        let (backends, _) = take_backends(&strings(&["--backend=tch"])).unwrap();
+        assert_eq!(backends, strings(&["tch"]));
     }
 
     #[test]
@@ -205,11 +198,11 @@ mod tests {
     }
 
     #[test]
-    fn default_backend_and_unknown_backends() {
-        assert_eq!(take_backend(&[]).unwrap().0, DEFAULT_BACKEND);
-        let error = take_backend(&strings(&["--backend", "cuda"])).unwrap_err();
+    fn no_backend_and_unknown_backends() {
+        assert!(take_backends(&[]).unwrap().0.is_empty());
+        let error = take_backends(&strings(&["--backend", "cuda"])).unwrap_err();
         assert!(error.contains("cuda") && error.contains("flex"), "{error}");
-        assert!(take_backend(&strings(&["--backend"])).is_err());
+        assert!(take_backends(&strings(&["--backend"])).is_err());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use backend::{BACKENDS, Torch, prepare, take_backend, take_backends};
+use backend::{BACKENDS, DEFAULT_BACKEND, Torch, prepare, take_backends};
 use builds::{bench_command, cargo, exit_code, remote_bench_command, run_status};
 
 /// The PyTorch twin of the model, run by `cargo xtask reference`.
@@ -141,10 +141,32 @@ fn names_compute_server(args: &[String]) -> bool {
         .any(|arg| arg.starts_with("ws://") || arg.starts_with("--device=ws://"))
 }
 
-/// `cargo run` of the trainer's `command`, built with the one backend `args` names, and with
-/// compute-server support (the `remote` feature) when the command serves or uses one.
+/// Whether a trainer's arguments name a wgpu adapter (`--device wgpu…`).
+fn names_wgpu_adapter(args: &[String]) -> bool {
+    let adapter = |value: &str| value.to_lowercase().starts_with("wgpu");
+    args.windows(2)
+        .any(|pair| pair[0] == "--device" && adapter(&pair[1]))
+        || args
+            .iter()
+            .any(|arg| arg.strip_prefix("--device=").is_some_and(adapter))
+}
+
+/// The backend a trainer is built with: the last `--backend` named, else wgpu when `--device`
+/// names a wgpu adapter, else the default.
+fn trainer_backend(named: &[String], trainer_args: &[String]) -> String {
+    match named.last() {
+        Some(backend) => backend.clone(),
+        None if names_wgpu_adapter(trainer_args) => "wgpu".into(),
+        None => DEFAULT_BACKEND.into(),
+    }
+}
+
+/// `cargo run` of the trainer's `command`, built with the backend `args` name (or their wgpu
+/// adapters imply), and with compute-server support (the `remote` feature) when the command
+/// serves or uses one.
 fn trainer_command(command: &str, args: &[String]) -> Result<Command, String> {
-    let (backend, trainer_args) = take_backend(args)?;
+    let (named, trainer_args) = take_backends(args)?;
+    let backend = trainer_backend(&named, &trainer_args);
     let client = names_compute_server(&trainer_args);
     if client && backend == "wgpu" {
         // Burn 0.22.1's remote client breaks on replayed operation graphs when op fusion,
@@ -350,6 +372,29 @@ mod tests {
             .map(|arg| arg.to_string_lossy())
             .collect();
         assert!(line.iter().any(|arg| arg == "flex,remote"), "{line:?}");
+    }
+
+    #[test]
+    fn a_wgpu_adapter_builds_the_trainer_with_wgpu_unless_a_backend_is_named() {
+        let args = |list: &[&str]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let none: Vec<String> = Vec::new();
+        for devices in [
+            &["--device", "wgpu:0", "--device", "wgpu:1"][..],
+            &["--device=WGPU:cpu"],
+        ] {
+            assert_eq!(
+                trainer_backend(&none, &args(devices)),
+                "wgpu",
+                "{devices:?}"
+            );
+        }
+        assert_eq!(
+            trainer_backend(&args(&["tch"]), &args(&["--device", "wgpu"])),
+            "tch"
+        );
+        for others in [&["--run", "wgpu"][..], &["--device", "cuda:0"], &[]] {
+            assert_eq!(trainer_backend(&none, &args(others)), DEFAULT_BACKEND);
+        }
     }
 
     /// `--help` and `-h` list every task, one line each, and exit 0.
