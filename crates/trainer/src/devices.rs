@@ -179,7 +179,7 @@ pub fn select(requested: &[DeviceArg], token_file: Option<&Path>) -> anyhow::Res
             .collect::<anyhow::Result<Vec<_>>>()?
     };
     if let Some(DeviceArg::Server(_)) = requested.first() {
-        yield_to_device_threads(&devices, requested)?;
+        yield_to_device_threads();
     }
     let names = if requested.is_empty() {
         vec![format!("{:?}", devices[0])]
@@ -200,9 +200,9 @@ pub fn select(requested: &[DeviceArg], token_file: Option<&Path>) -> anyhow::Res
     })
 }
 
-/// Runs an operation on each compute server's device (so Burn has started the threads that
-/// carry its operations to the server), then lowers this thread's priority, and with it that
-/// of the threads it starts later (the training workers, the data loader).
+/// Lowers this thread's priority, and with it that of the threads it starts later (the
+/// training workers, the data loader); Burn's threads that carry operations to the servers,
+/// started when [`connect`] ran an operation on each, keep theirs.
 ///
 /// Burn 0.22.1's device channel makes the thread that issues operations spin when the queue
 /// of 32 operations is full (cubecl-common's `device/handle/channel.rs`: 2^19 spins before it
@@ -210,18 +210,9 @@ pub fn select(requested: &[DeviceArg], token_file: Option<&Path>) -> anyhow::Res
 /// a core. On a trainer with one core that spin took most of it; at the lowest priority the
 /// issuing thread gives way to the device-service and socket threads, which keep theirs
 /// (measured in docs/benchmarks.md).
-fn yield_to_device_threads(devices: &[Device], requested: &[DeviceArg]) -> anyhow::Result<()> {
-    for (device, name) in devices.iter().zip(requested) {
-        backend::start(device)
-            .map_err(|message| anyhow::anyhow!("the compute server {name}: {message}"))?;
-    }
-    lower_this_threads_priority();
-    Ok(())
-}
-
 /// Nice 19 for the calling thread only (Linux keeps a nice value per thread).
 #[cfg(target_os = "linux")]
-fn lower_this_threads_priority() {
+fn yield_to_device_threads() {
     // SAFETY: gettid and setpriority take no pointers; a failure leaves the priority as it was.
     unsafe {
         let thread = libc::gettid() as libc::id_t;
@@ -230,7 +221,7 @@ fn lower_this_threads_priority() {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_this_threads_priority() {}
+fn yield_to_device_threads() {}
 
 /// The compute servers' token: the first line of `token_file`, else [`TOKEN_VARIABLE`], else
 /// none (a server with a token refuses a client without one).
@@ -272,7 +263,8 @@ pub fn reach(address: &ServerAddress) -> anyhow::Result<()> {
     )
 }
 
-/// The device of the compute server at `address`, its session open.
+/// The device of the compute server at `address`, its session open and one operation run on
+/// it (so Burn has started the threads that carry operations there).
 #[cfg(feature = "remote")]
 fn connect(address: &ServerAddress, token: Option<&str>) -> anyhow::Result<Device> {
     use burn::remote::{ConnectError, RemoteHost};
@@ -281,7 +273,7 @@ fn connect(address: &ServerAddress, token: Option<&str>) -> anyhow::Result<Devic
     if let Some(token) = token {
         host = host.with_credential(token);
     }
-    Device::remote_options(&host)
+    let device = Device::remote_options(&host)
         .init()
         .map_err(|error| match error {
             ConnectError::Unauthorized if token.is_none() => anyhow::anyhow!(
@@ -293,7 +285,10 @@ fn connect(address: &ServerAddress, token: Option<&str>) -> anyhow::Result<Devic
                  --token-file or {TOKEN_VARIABLE}"
             ),
             other => anyhow::anyhow!("the compute server {address}: {other}"),
-        })
+        })?;
+    backend::start(&device)
+        .map_err(|message| anyhow::anyhow!("the compute server {address}: {message}"))?;
+    Ok(device)
 }
 
 #[cfg(not(feature = "remote"))]
