@@ -135,20 +135,24 @@ fn trainer(command: &str, args: &[String]) -> Result<ExitCode, String> {
     replace_process(&mut trainer_command(command, args)?)
 }
 
+/// The values a trainer's arguments give `--device` (`--device D` and `--device=D`).
+fn device_values(args: &[String]) -> impl Iterator<Item = &str> {
+    let spaced = args
+        .windows(2)
+        .filter(|pair| pair[0] == "--device")
+        .map(|pair| pair[1].as_str());
+    let joined = args.iter().filter_map(|arg| arg.strip_prefix("--device="));
+    spaced.chain(joined)
+}
+
 /// Whether a trainer's arguments name a compute server (`--device ws://…`).
 fn names_compute_server(args: &[String]) -> bool {
-    args.iter()
-        .any(|arg| arg.starts_with("ws://") || arg.starts_with("--device=ws://"))
+    device_values(args).any(|value| value.starts_with("ws://"))
 }
 
 /// Whether a trainer's arguments name a wgpu adapter (`--device wgpu…`).
 fn names_wgpu_adapter(args: &[String]) -> bool {
-    let adapter = |value: &str| value.to_lowercase().starts_with("wgpu");
-    args.windows(2)
-        .any(|pair| pair[0] == "--device" && adapter(&pair[1]))
-        || args
-            .iter()
-            .any(|arg| arg.strip_prefix("--device=").is_some_and(adapter))
+    device_values(args).any(|value| value.to_lowercase().starts_with("wgpu"))
 }
 
 /// The backend a trainer is built with: the last `--backend` named, else wgpu when `--device`

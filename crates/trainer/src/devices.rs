@@ -162,9 +162,11 @@ pub fn select(requested: &[DeviceArg], token_file: Option<&Path>) -> anyhow::Res
                 .join(", ")
         );
     }
-    let token = match requested.first() {
-        Some(DeviceArg::Server(_)) => read_token(token_file)?,
-        _ => None,
+    let on_servers = matches!(requested.first(), Some(DeviceArg::Server(_)));
+    let token = if on_servers {
+        read_token(token_file)?
+    } else {
+        None
     };
     let devices = if requested.is_empty() {
         vec![backend::select(None)?]
@@ -178,7 +180,7 @@ pub fn select(requested: &[DeviceArg], token_file: Option<&Path>) -> anyhow::Res
             })
             .collect::<anyhow::Result<Vec<_>>>()?
     };
-    if let Some(DeviceArg::Server(_)) = requested.first() {
+    if on_servers {
         yield_to_device_threads();
     }
     let names = if requested.is_empty() {
@@ -209,8 +211,8 @@ pub fn select(requested: &[DeviceArg], token_file: Option<&Path>) -> anyhow::Res
 /// yields), while the device-service thread that empties the queue into the socket waits for
 /// a core. On a trainer with one core that spin took most of it; at the lowest priority the
 /// issuing thread gives way to the device-service and socket threads, which keep theirs
-/// (measured in docs/benchmarks.md).
-/// Nice 19 for the calling thread only (Linux keeps a nice value per thread).
+/// (measured in docs/benchmarks.md). Linux keeps a nice value per thread, so only this thread
+/// and those it starts get nice 19.
 #[cfg(target_os = "linux")]
 fn yield_to_device_threads() {
     // SAFETY: gettid and setpriority take no pointers; a failure leaves the priority as it was.
