@@ -6,6 +6,11 @@ use std::process::Command;
 
 /// The backends, each the name of a cargo feature of the trainer.
 pub const BACKENDS: [&str; 4] = ["flex", "ndarray", "wgpu", "tch"];
+/// Always in the test build: the unit tests are written against them and they need nothing.
+pub const CPU_BACKENDS: [&str; 2] = ["flex", "ndarray"];
+/// The trainer's feature for Burn compute servers: in the test build, and in a trainer's own
+/// build when the command serves or uses one.
+pub const REMOTE_FEATURE: &str = "remote";
 /// The faster CPU backend on the reference machine (README, "Backends").
 pub const DEFAULT_BACKEND: &str = "flex";
 /// The libtorch version torch-sys 0.22 is written against.

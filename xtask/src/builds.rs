@@ -4,7 +4,7 @@
 
 use std::process::{Command, ExitCode};
 
-use crate::backend::{BACKENDS, Torch, prepare, take_backends};
+use crate::backend::{BACKENDS, CPU_BACKENDS, REMOTE_FEATURE, Torch, prepare, take_backends};
 
 /// The `cargo bench` of the trainer's `backends` bench (`serve` false) or its `serve` bench,
 /// with `args` for it.
@@ -36,6 +36,18 @@ pub fn remote_bench_command(args: &[String]) -> Result<Command, String> {
     Ok(cargo)
 }
 
+/// The workspace features of a test build with `backends` (flex and ndarray, the trainer's
+/// defaults, are always in it) and compute-server support.
+pub fn test_build_features(backends: &[String]) -> String {
+    let mut features: Vec<String> = backends
+        .iter()
+        .filter(|backend| !CPU_BACKENDS.contains(&backend.as_str()))
+        .map(|backend| format!("vit-trainer/{backend}"))
+        .collect();
+    features.push(format!("vit-trainer/{REMOTE_FEATURE}"));
+    features.join(",")
+}
+
 /// Adds `args` to `cargo`'s command line. cargo runs benches in their package's directory:
 /// the paths after `--out`, `--config`, `--run-dir` and `--data-dir`, and `MNIST_DIR`, are
 /// made to mean what the user meant.
@@ -56,24 +68,13 @@ fn pass_paths(cargo: &mut Command, args: Vec<String>) -> Result<(), String> {
 }
 
 /// The `cargo bench` of the trainer's bench `name` without arguments for the bench, with
-/// every backend's environment. Built like the tests (every backend the test build holds; for
-/// the `remote` bench, flex with compute-server support, as its tests), so nothing is rebuilt.
+/// every backend's environment. Built like the tests (every backend and compute-server
+/// support), so nothing is rebuilt.
 pub fn bench_build(name: &str) -> Result<Command, String> {
-    if name == "remote" {
-        // The build of the compute-server tests (`remote_suite` in main.rs).
-        let mut cargo = cargo(&["bench", "--profile", "dev", "--package", "vit-trainer"]);
-        cargo.args([
-            "--bench",
-            name,
-            "--no-default-features",
-            "--features",
-            "flex,remote",
-        ]);
-        return Ok(cargo);
-    }
     let mut cargo = cargo(&["bench", "--profile", "dev", "--workspace", "--bench"]);
     cargo.arg(name);
-    cargo.args(["--features", "vit-trainer/wgpu,vit-trainer/tch"]);
+    let every: Vec<String> = BACKENDS.iter().map(ToString::to_string).collect();
+    cargo.args(["--features", &test_build_features(&every)]);
     for backend in BACKENDS {
         prepare(backend, &mut cargo)?;
     }

@@ -15,21 +15,19 @@ use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use backend::{BACKENDS, DEFAULT_BACKEND, Torch, prepare, take_backends};
-use builds::{bench_command, cargo, exit_code, remote_bench_command, run_status};
+use backend::{BACKENDS, DEFAULT_BACKEND, REMOTE_FEATURE, Torch, prepare, take_backends};
+use builds::{
+    bench_command, cargo, exit_code, remote_bench_command, run_status, test_build_features,
+};
 
 /// The PyTorch twin of the model, run by `cargo xtask reference`.
 const REFERENCE_SCRIPT: &str = "tools/torch_reference.py";
 /// The exported model in ONNX Runtime, run by `cargo xtask onnx`.
 const ONNX_SCRIPT: &str = "tools/onnx_runtime.py";
-/// Always in the test build: the unit tests are written against them and they need nothing.
-const CPU_BACKENDS: [&str; 2] = ["flex", "ndarray"];
-/// The trainer's feature for Burn compute servers.
-const REMOTE_FEATURE: &str = "remote";
-/// Set (to anything but `0`), every trainer command is built with [`REMOTE_FEATURE`]: CI sets
-/// it so its training and export steps reuse the compute-server tests' build (`flex,remote`)
-/// instead of compiling Burn a third time for a flex-only trainer.
-const REMOTE_BUILD_ENV: &str = "VIT_TRAINER_REMOTE";
+/// Set (to anything but `0`), every trainer command is built as the test build is (every
+/// backend and compute-server support, the backend asked for chosen at run time): CI sets it
+/// so its training and export steps reuse the test build instead of compiling Burn again.
+const TEST_BUILD_ENV: &str = "VIT_TRAINER_TEST_BUILD";
 
 /// Project commands. Trainer commands take `--backend flex|ndarray|wgpu|tch` (default flex)
 /// and pass the rest to the trainer: `cargo xtask train --help` lists its arguments.
@@ -166,28 +164,13 @@ fn trainer_backend(named: &[String], trainer_args: &[String]) -> String {
 }
 
 /// `cargo run` of the trainer's `command`, built with the backend `args` name (or their wgpu
-/// adapters imply), and with compute-server support (the `remote` feature) when the command
-/// serves or uses one.
+/// adapters imply) and compute-server support when the command serves or uses one; or, with
+/// [`TEST_BUILD_ENV`] set, as the test build, with `BURN_DEVICE` naming that backend.
 fn trainer_command(command: &str, args: &[String]) -> Result<Command, String> {
     let (named, trainer_args) = take_backends(args)?;
     let backend = trainer_backend(&named, &trainer_args);
-    let client = names_compute_server(&trainer_args);
-    if client && backend == "wgpu" {
-        // Burn 0.22.1's remote client breaks on replayed operation graphs when op fusion,
-        // which wgpu brings, is in its build (docs/remote.md).
-        return Err(
-            "a trainer that uses compute servers is built with flex (the default), not \
-             wgpu: Burn's remote client fails with op fusion. The servers themselves may be \
-             wgpu (`cargo xtask compute-server --backend wgpu`)"
-                .into(),
-        );
-    }
-    let remote_build = std::env::var_os(REMOTE_BUILD_ENV).is_some_and(|value| value != "0");
-    let features = if command == "compute-server" || client || remote_build {
-        format!("{backend},{REMOTE_FEATURE}")
-    } else {
-        backend.clone()
-    };
+    let as_tested = std::env::var_os(TEST_BUILD_ENV).is_some_and(|value| value != "0");
+    let features = trainer_features(command, &backend, &trainer_args, as_tested);
     // Not `--quiet`: the first build of Burn takes minutes, and cargo's progress shows it.
     eprintln!(
         "building the trainer with the {backend} backend (the first build compiles Burn: \
@@ -196,8 +179,31 @@ fn trainer_command(command: &str, args: &[String]) -> Result<Command, String> {
     let mut cargo = cargo(&["run", "--package", "vit-trainer"]);
     cargo.args(["--no-default-features", "--features", &features]);
     cargo.arg("--").arg(command).args(trainer_args);
-    prepare(&backend, &mut cargo)?;
+    if as_tested {
+        for compiled in BACKENDS {
+            prepare(compiled, &mut cargo)?;
+        }
+        // The trainer's choice among compiled-in backends (Burn would pick wgpu first).
+        if std::env::var_os("BURN_DEVICE").is_none() {
+            cargo.env("BURN_DEVICE", &backend);
+        }
+    } else {
+        prepare(&backend, &mut cargo)?;
+    }
     Ok(cargo)
+}
+
+/// The trainer's cargo features for `command` on `backend`: every backend and compute-server
+/// support `as_tested` (the test build's), else the backend, with compute-server support when
+/// the command serves or uses one.
+fn trainer_features(command: &str, backend: &str, args: &[String], as_tested: bool) -> String {
+    if as_tested {
+        format!("{},{REMOTE_FEATURE}", BACKENDS.join(","))
+    } else if command == "compute-server" || names_compute_server(args) {
+        format!("{backend},{REMOTE_FEATURE}")
+    } else {
+        backend.to_string()
+    }
 }
 
 /// The trainer's `export --format onnx` of `run_dir` to `out` (replacing it), waited for.
@@ -237,75 +243,20 @@ fn replace_process(command: &mut Command) -> Result<ExitCode, String> {
     exit_code(command)
 }
 
-/// The workspace's tests in one build holding flex, ndarray and the named backends (every
-/// backend when none is named; each test picks its device at run time), then the compute-server
-/// tests in a build of their own (see [`remote_suite`]).
+/// The workspace's tests in one build holding flex, ndarray, the named backends (every backend
+/// when none is named; each test picks its device at run time) and compute-server support.
 fn test(args: &[String]) -> Result<ExitCode, String> {
     let (mut backends, cargo_args) = take_backends(args)?;
     if backends.is_empty() {
         backends = BACKENDS.iter().map(ToString::to_string).collect();
     }
     let mut cargo = cargo(&["test", "--workspace", "--locked"]);
-    let extra: Vec<String> = backends
-        .iter()
-        .filter(|backend| !CPU_BACKENDS.contains(&backend.as_str()))
-        .map(|backend| format!("vit-trainer/{backend}"))
-        .collect();
-    if !extra.is_empty() {
-        cargo.args(["--features", &extra.join(",")]);
-    }
+    cargo.args(["--features", &test_build_features(&backends)]);
     cargo.args(&cargo_args);
     for backend in &backends {
         prepare(backend, &mut cargo)?;
     }
-    let code = exit_code(&mut cargo)?;
-    if code != ExitCode::SUCCESS {
-        return Ok(code);
-    }
-    match remote_suite(&cargo_args) {
-        Some(mut remote) => exit_code(&mut remote),
-        None => Ok(code),
-    }
-}
-
-/// The compute-server tests (`crates/trainer/tests/remote.rs`, `remote_ops.rs`), built with flex and the
-/// `remote` feature alone: in Burn 0.22.1 a remote client built with op fusion (which the wgpu
-/// backend brings into a build) fails on replayed operation graphs (docs/remote.md). Gets
-/// `--no-run` and the test filters of `cargo_args`; none when they name packages without
-/// the trainer.
-fn remote_suite(cargo_args: &[String]) -> Option<Command> {
-    let (cargo_only, harness) = match cargo_args.iter().position(|arg| arg == "--") {
-        Some(split) => (&cargo_args[..split], &cargo_args[split..]),
-        None => (cargo_args, &[][..]),
-    };
-    let packages: Vec<&String> = cargo_only
-        .windows(2)
-        .filter(|pair| pair[0] == "-p" || pair[0] == "--package")
-        .map(|pair| &pair[1])
-        .collect();
-    if !packages.is_empty() && !packages.iter().any(|package| *package == "vit-trainer") {
-        return None;
-    }
-    let mut cargo = cargo(&[
-        "test",
-        "--locked",
-        "--package",
-        "vit-trainer",
-        "--test",
-        "remote",
-        "--test",
-        "remote_ops",
-    ]);
-    cargo.args([
-        "--no-default-features",
-        "--features",
-        &format!("flex,{REMOTE_FEATURE}"),
-    ]);
-    if cargo_only.iter().any(|arg| arg == "--no-run") {
-        cargo.arg("--no-run");
-    }
-    cargo.args(harness);
-    Some(cargo)
+    exit_code(&mut cargo)
 }
 
 /// A script of `tools/` with the Python that `setup --backend tch` prepared (torch, onnx,
@@ -355,27 +306,35 @@ mod tests {
     }
 
     #[test]
-    fn a_trainer_of_compute_servers_gets_the_remote_feature_and_never_wgpu() {
+    fn a_trainer_of_compute_servers_gets_the_remote_feature() {
         let args = |list: &[&str]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
         assert!(names_compute_server(&args(&["--device", "ws://h:1"])));
         assert!(names_compute_server(&args(&["--device=ws://h:1"])));
         assert!(!names_compute_server(&args(&["--device", "cuda:1"])));
-        let error = trainer_command(
-            "train",
-            &args(&["--backend", "wgpu", "--device", "ws://h:1"]),
-        )
-        .err()
-        .unwrap();
-        assert!(
-            error.contains("flex") && error.contains("fusion"),
-            "{error}"
+        let client = args(&["--device", "ws://h:1"]);
+        // wgpu (fused) and the remote client share a build since op fusion is asked of
+        // burn-wgpu alone (crates/ops/Cargo.toml).
+        for backend in ["flex", "wgpu"] {
+            assert_eq!(
+                trainer_features("train", backend, &client, false),
+                format!("{backend},remote")
+            );
+        }
+        assert_eq!(
+            trainer_features("compute-server", "tch", &[], false),
+            "tch,remote"
         );
-        let command = trainer_command("train", &args(&["--device", "ws://h:1"])).unwrap();
+        assert_eq!(trainer_features("train", "ndarray", &[], false), "ndarray");
+        assert_eq!(
+            trainer_features("train", "ndarray", &[], true),
+            "flex,ndarray,wgpu,tch,remote"
+        );
+        let command = trainer_command("train", &client).unwrap();
         let line: Vec<_> = command
             .get_args()
             .map(|arg| arg.to_string_lossy())
             .collect();
-        assert!(line.iter().any(|arg| arg == "flex,remote"), "{line:?}");
+        assert!(line.iter().any(|arg| arg.ends_with("remote")), "{line:?}");
     }
 
     #[test]
