@@ -131,9 +131,13 @@ pub fn trainer_executable(messages: &str) -> Option<std::path::PathBuf> {
         .find_map(|message| message["executable"].as_str().map(Into::into))
 }
 
+/// A cargo command. Without the `CARGO_MANIFEST_DIR` that `cargo run` gave this xtask: ring's
+/// build script tracks that variable, so with it a build through the xtask and one without
+/// (or through a clone elsewhere) would each find the other's ring stale and rebuild it and
+/// everything above it, Burn's remote crates included.
 pub fn cargo(args: &[&str]) -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command.args(args);
+    command.args(args).env_remove("CARGO_MANIFEST_DIR");
     command
 }
 

@@ -18,15 +18,19 @@ use clap::{Parser, Subcommand};
 use backend::{BACKENDS, DEFAULT_BACKEND, REMOTE_FEATURE, Torch, prepare, take_backends};
 use builds::{
     bench_command, cargo, exit_code, remote_bench_command, run_status, test_build_features,
+    test_build_trainer,
 };
 
 /// The PyTorch twin of the model, run by `cargo xtask reference`.
 const REFERENCE_SCRIPT: &str = "tools/torch_reference.py";
 /// The exported model in ONNX Runtime, run by `cargo xtask onnx`.
 const ONNX_SCRIPT: &str = "tools/onnx_runtime.py";
-/// Set (to anything but `0`), every trainer command is built as the test build is (every
+/// Set (to anything but `0`), every trainer command runs the test build's trainer (every
 /// backend and compute-server support, the backend asked for chosen at run time): CI sets it
 /// so its training and export steps reuse the test build instead of compiling Burn again.
+/// `cargo run -p vit-trainer` with the same features would not: without the workspace's
+/// dev-dependencies (criterion turns on ciborium's defaults) cargo resolves cubecl's
+/// features differently and compiles Burn a second time.
 const TEST_BUILD_ENV: &str = "VIT_TRAINER_TEST_BUILD";
 
 /// Project commands. Trainer commands take `--backend flex|ndarray|wgpu|tch` (default flex)
@@ -143,9 +147,9 @@ fn device_values(args: &[String]) -> impl Iterator<Item = &str> {
     spaced.chain(joined)
 }
 
-/// Whether a trainer's arguments name a compute server (`--device ws://…`).
+/// Whether a trainer's arguments name a compute server (`--device ws://…` or `iroh://…`).
 fn names_compute_server(args: &[String]) -> bool {
-    device_values(args).any(|value| value.starts_with("ws://"))
+    device_values(args).any(|value| value.starts_with("ws://") || value.starts_with("iroh://"))
 }
 
 /// Whether a trainer's arguments name a wgpu adapter (`--device wgpu…`).
@@ -165,41 +169,38 @@ fn trainer_backend(named: &[String], trainer_args: &[String]) -> String {
 
 /// `cargo run` of the trainer's `command`, built with the backend `args` name (or their wgpu
 /// adapters imply) and compute-server support when the command serves or uses one; or, with
-/// [`TEST_BUILD_ENV`] set, as the test build, with `BURN_DEVICE` naming that backend.
+/// [`TEST_BUILD_ENV`] set, the trainer binary of the test build, with `BURN_DEVICE` naming
+/// that backend.
 fn trainer_command(command: &str, args: &[String]) -> Result<Command, String> {
     let (named, trainer_args) = take_backends(args)?;
     let backend = trainer_backend(&named, &trainer_args);
-    let as_tested = std::env::var_os(TEST_BUILD_ENV).is_some_and(|value| value != "0");
-    let features = trainer_features(command, &backend, &trainer_args, as_tested);
     // Not `--quiet`: the first build of Burn takes minutes, and cargo's progress shows it.
     eprintln!(
         "building the trainer with the {backend} backend (the first build compiles Burn: \
          about 15 minutes on 2 cores; later ones take seconds)"
     );
+    if std::env::var_os(TEST_BUILD_ENV).is_some_and(|value| value != "0") {
+        let mut passed = vec![command.to_string()];
+        passed.extend(trainer_args);
+        let mut trainer = test_build_trainer(&passed)?;
+        // The trainer's choice among compiled-in backends (Burn would pick wgpu first).
+        if std::env::var_os("BURN_DEVICE").is_none() {
+            trainer.env("BURN_DEVICE", &backend);
+        }
+        return Ok(trainer);
+    }
+    let features = trainer_features(command, &backend, &trainer_args);
     let mut cargo = cargo(&["run", "--package", "vit-trainer"]);
     cargo.args(["--no-default-features", "--features", &features]);
     cargo.arg("--").arg(command).args(trainer_args);
-    if as_tested {
-        for compiled in BACKENDS {
-            prepare(compiled, &mut cargo)?;
-        }
-        // The trainer's choice among compiled-in backends (Burn would pick wgpu first).
-        if std::env::var_os("BURN_DEVICE").is_none() {
-            cargo.env("BURN_DEVICE", &backend);
-        }
-    } else {
-        prepare(&backend, &mut cargo)?;
-    }
+    prepare(&backend, &mut cargo)?;
     Ok(cargo)
 }
 
-/// The trainer's cargo features for `command` on `backend`: every backend and compute-server
-/// support `as_tested` (the test build's), else the backend, with compute-server support when
-/// the command serves or uses one.
-fn trainer_features(command: &str, backend: &str, args: &[String], as_tested: bool) -> String {
-    if as_tested {
-        format!("{},{REMOTE_FEATURE}", BACKENDS.join(","))
-    } else if command == "compute-server" || names_compute_server(args) {
+/// The trainer's cargo features for `command` on `backend`: the backend, with compute-server
+/// support when the command serves or uses one.
+fn trainer_features(command: &str, backend: &str, args: &[String]) -> String {
+    if command == "compute-server" || names_compute_server(args) {
         format!("{backend},{REMOTE_FEATURE}")
     } else {
         backend.to_string()
@@ -310,25 +311,19 @@ mod tests {
         let args = |list: &[&str]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
         assert!(names_compute_server(&args(&["--device", "ws://h:1"])));
         assert!(names_compute_server(&args(&["--device=ws://h:1"])));
+        assert!(names_compute_server(&args(&["--device", "iroh://0a@h:1"])));
         assert!(!names_compute_server(&args(&["--device", "cuda:1"])));
         let client = args(&["--device", "ws://h:1"]);
         // wgpu (fused) and the remote client share a build since op fusion is asked of
         // burn-wgpu alone (crates/ops/Cargo.toml).
         for backend in ["flex", "wgpu"] {
             assert_eq!(
-                trainer_features("train", backend, &client, false),
+                trainer_features("train", backend, &client),
                 format!("{backend},remote")
             );
         }
-        assert_eq!(
-            trainer_features("compute-server", "tch", &[], false),
-            "tch,remote"
-        );
-        assert_eq!(trainer_features("train", "ndarray", &[], false), "ndarray");
-        assert_eq!(
-            trainer_features("train", "ndarray", &[], true),
-            "flex,ndarray,wgpu,tch,remote"
-        );
+        assert_eq!(trainer_features("compute-server", "tch", &[]), "tch,remote");
+        assert_eq!(trainer_features("train", "ndarray", &[]), "ndarray");
         let command = trainer_command("train", &client).unwrap();
         let line: Vec<_> = command
             .get_args()

@@ -311,6 +311,22 @@ fn context_shape(qkv: &FloatTensor<Remote>, images: usize, kept: usize) -> Shape
     Shape::from([images * kept, qkv.shape()[1] / 3])
 }
 
+/// Why Burn's server cannot host `device`, if it cannot. In Burn 0.22.1 it refuses a libtorch
+/// device ("LibTorch cannot run remote sessions", burn-dispatch's `remote_server.rs`) and a
+/// remote one, but only once it is serving.
+pub fn unservable(device: &Device) -> Option<&'static str> {
+    #[allow(unreachable_patterns)] // every variant is listed when every backend is built in
+    match device.as_dispatch().clone().inner() {
+        #[cfg(feature = "tch")]
+        DispatchDevice::LibTorch(_) => Some(
+            "Burn's compute server runs flex, ndarray and wgpu devices, not libtorch ones \
+             (`--backend flex|ndarray|wgpu`)",
+        ),
+        DispatchDevice::Remote(_) => Some("a compute server cannot host another one's device"),
+        _ => None,
+    }
+}
+
 /// `server` with a handler for every operation above, run by the backend of `device` (the
 /// device it hosts): the host kernels on flex and ndarray, the extension's defaults (Burn's
 /// operations) on wgpu.

@@ -1,7 +1,8 @@
 //! What `--device` names: a libtorch device of the tch backend, a wgpu adapter, or a Burn
-//! compute server (`compute-server`) by its WebSocket address; given several times, the
-//! devices one run trains on side by side. A compute server is checked before Burn connects
-//! to it, so an address where nothing listens is an error within seconds that names it.
+//! compute server (`compute-server`) by its WebSocket or Iroh address; given several times,
+//! the devices one run trains on side by side. A compute server is checked before Burn
+//! connects to it (WebSocket) or given a deadline to answer (Iroh), so an address where
+//! nothing listens is an error within seconds that names it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,6 +17,9 @@ pub const TOKEN_VARIABLE: &str = "VIT_REMOTE_TOKEN";
 
 /// How long a compute server has to accept a TCP connection before it counts as unreachable.
 pub const REACH_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an Iroh compute server has to open a session before it counts as unreachable:
+/// over UDP there is no connection to try first, and Burn's own dial waits far longer.
+pub const IROH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One `--device`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,20 +28,27 @@ pub enum DeviceArg {
     Torch(TorchDevice),
     /// A wgpu adapter: `wgpu`, `wgpu:cpu`, `wgpu:N`, `wgpu:integrated:N`, ….
     Wgpu(WgpuAdapter),
-    /// A compute server, `ws://HOST:PORT`.
+    /// A compute server, `ws://HOST:PORT` or `iroh://ID@HOST:PORT`.
     Server(ServerAddress),
 }
 
-/// A compute server's WebSocket address: `ws://HOST:PORT`.
+/// A compute server's address: `ws://HOST:PORT` (WebSocket), or `iroh://ID@HOST:PORT` (Burn's
+/// Iroh transport, dialled directly without relays: the server proves it holds the key of
+/// ID, and the traffic is encrypted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerAddress {
     /// `HOST:PORT`.
     pub host_port: String,
+    /// The server's Iroh id (64 hex digits) for an `iroh://` address.
+    pub iroh_id: Option<String>,
 }
 
 impl ServerAddress {
     pub fn url(&self) -> String {
-        format!("ws://{}", self.host_port)
+        match &self.iroh_id {
+            Some(id) => format!("iroh://{id}@{}", self.host_port),
+            None => format!("ws://{}", self.host_port),
+        }
     }
 }
 
@@ -53,7 +64,10 @@ impl DeviceArg {
         match self {
             Self::Torch(_) => "libtorch",
             Self::Wgpu(_) => "wgpu",
-            Self::Server(_) => "compute-server",
+            Self::Server(ServerAddress { iroh_id: None, .. }) => "WebSocket compute-server",
+            Self::Server(ServerAddress {
+                iroh_id: Some(_), ..
+            }) => "Iroh compute-server",
         }
     }
 }
@@ -65,24 +79,50 @@ impl std::str::FromStr for DeviceArg {
         if text.to_lowercase().starts_with("wgpu") {
             return text.parse().map(Self::Wgpu);
         }
-        let Some(rest) = text.strip_prefix("ws://") else {
-            return text.parse().map(Self::Torch).map_err(|_| {
-                format!("`{text}` is not a device: cpu, cuda, cuda:N, wgpu[:…] or ws://HOST:PORT")
-            });
-        };
-        let host_port = rest.trim_end_matches('/');
-        let valid = host_port
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !valid || host_port.contains('/') {
-            return Err(format!(
-                "`{text}` is not a compute server's address: ws://HOST:PORT"
-            ));
+        if let Some(rest) = text.strip_prefix("ws://") {
+            let host_port = host_port(text, rest, "ws://HOST:PORT")?;
+            return Ok(Self::Server(ServerAddress {
+                host_port,
+                iroh_id: None,
+            }));
         }
-        Ok(Self::Server(ServerAddress {
-            host_port: host_port.to_string(),
-        }))
+        if let Some(rest) = text.strip_prefix("iroh://") {
+            let form = "iroh://ID@HOST:PORT, as `compute-server --iroh-key` prints it";
+            let (id, rest) = rest
+                .split_once('@')
+                .ok_or_else(|| format!("`{text}` is not a compute server's address: {form}"))?;
+            if id.len() != 64 || !id.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "`{text}`: `{id}` is not an Iroh id (64 hex digits); the address is {form}"
+                ));
+            }
+            return Ok(Self::Server(ServerAddress {
+                host_port: host_port(text, rest, form)?,
+                iroh_id: Some(id.to_lowercase()),
+            }));
+        }
+        text.parse().map(Self::Torch).map_err(|_| {
+            format!(
+                "`{text}` is not a device: cpu, cuda, cuda:N, wgpu[:…], ws://HOST:PORT or \
+                 iroh://ID@HOST:PORT"
+            )
+        })
     }
+}
+
+/// The `HOST:PORT` of the compute server's address `text`, `rest` being what follows its
+/// scheme (and id); `form` is what the address should look like.
+fn host_port(text: &str, rest: &str, form: &str) -> Result<String, String> {
+    let host_port = rest.trim_end_matches('/');
+    let valid = host_port
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !valid || host_port.contains('/') {
+        return Err(format!(
+            "`{text}` is not a compute server's address: {form}"
+        ));
+    }
+    Ok(host_port.to_string())
 }
 
 impl std::fmt::Display for DeviceArg {
@@ -102,6 +142,8 @@ pub struct Devices {
     pub names: Vec<String>,
     /// Each device's compute server, if it is one.
     servers: Vec<Option<ServerAddress>>,
+    /// The compute servers' token, to ask an Iroh server whether it still answers.
+    token: Option<String>,
 }
 
 impl Devices {
@@ -122,8 +164,8 @@ impl Devices {
         Ok(self.main())
     }
 
-    /// The compute servers among the devices that no longer accept connections, each as
-    /// `ws://HOST:PORT (device I of N)`.
+    /// The compute servers among the devices that no longer accept connections (WebSocket) or
+    /// open a session (Iroh), each as `ADDRESS (device I of N)`.
     pub fn unreachable_servers(&self) -> Vec<String> {
         let count = self.devices.len();
         self.servers
@@ -131,9 +173,11 @@ impl Devices {
             .enumerate()
             .filter_map(|(index, server)| {
                 let address = server.as_ref()?;
-                reach(address)
-                    .is_err()
-                    .then(|| format!("{address} (device {} of {count})", index + 1))
+                let answers = match address.iroh_id {
+                    None => reach(address).is_ok(),
+                    Some(_) => connect(address, self.token.as_deref()).is_ok(),
+                };
+                (!answers).then(|| format!("{address} (device {} of {count})", index + 1))
             })
             .collect()
     }
@@ -199,6 +243,7 @@ pub fn select(requested: &[DeviceArg], token_file: Option<&Path>) -> anyhow::Res
         devices,
         names,
         servers,
+        token,
     })
 }
 
@@ -269,28 +314,82 @@ pub fn reach(address: &ServerAddress) -> anyhow::Result<()> {
 /// it (so Burn has started the threads that carry operations there).
 #[cfg(feature = "remote")]
 fn connect(address: &ServerAddress, token: Option<&str>) -> anyhow::Result<Device> {
-    use burn::remote::{ConnectError, RemoteHost};
-    reach(address)?;
-    let mut host = RemoteHost::websocket(&address.url());
-    if let Some(token) = token {
-        host = host.with_credential(token);
-    }
-    let device = Device::remote_options(&host)
-        .init()
-        .map_err(|error| match error {
-            ConnectError::Unauthorized if token.is_none() => anyhow::anyhow!(
-                "the compute server {address} wants a token, and none was given: put it in a \
-                 file and pass --token-file FILE, or set {TOKEN_VARIABLE}"
-            ),
-            ConnectError::Unauthorized => anyhow::anyhow!(
-                "the compute server {address} refused the token (its log says why); check \
-                 --token-file or {TOKEN_VARIABLE}"
-            ),
-            other => anyhow::anyhow!("the compute server {address}: {other}"),
-        })?;
+    use burn::remote::ConnectError;
+    let host = remote_host(address, token)?;
+    let opened = match address.iroh_id {
+        None => {
+            reach(address)?;
+            Device::remote_options(&host).init()
+        }
+        Some(_) => {
+            within(IROH_TIMEOUT, move || Device::remote_options(&host).init()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the compute server {address} cannot be reached (no session within {} s); \
+                     is `cargo xtask compute-server --iroh-key …` running there, and are its id, \
+                     host and port right?",
+                    IROH_TIMEOUT.as_secs()
+                )
+            })?
+        }
+    };
+    let device = opened.map_err(|error| match error {
+        ConnectError::Unauthorized if token.is_none() => anyhow::anyhow!(
+            "the compute server {address} wants a token, and none was given: put it in a \
+             file and pass --token-file FILE, or set {TOKEN_VARIABLE}"
+        ),
+        ConnectError::Unauthorized => anyhow::anyhow!(
+            "the compute server {address} refused the token (its log says why); check \
+             --token-file or {TOKEN_VARIABLE}"
+        ),
+        other => anyhow::anyhow!("the compute server {address}: {other}"),
+    })?;
     backend::start(&device)
         .map_err(|message| anyhow::anyhow!("the compute server {address}: {message}"))?;
     Ok(device)
+}
+
+/// How Burn reaches the compute server at `address`, with `token`: over WebSocket, or over
+/// Iroh without relays, dialling every address its host resolves to.
+#[cfg(feature = "remote")]
+fn remote_host(
+    address: &ServerAddress,
+    token: Option<&str>,
+) -> anyhow::Result<burn::remote::RemoteHost> {
+    use burn::remote::{EndpointId, IrohHost, IrohRelays, RemoteHost};
+    use std::net::ToSocketAddrs;
+    let host = match &address.iroh_id {
+        None => RemoteHost::websocket(&address.url()),
+        Some(id) => {
+            let id: EndpointId = id.parse().map_err(|error| {
+                anyhow::anyhow!("{address}: `{id}` is not an Iroh id ({error})")
+            })?;
+            let sockets = address
+                .host_port
+                .to_socket_addrs()
+                .with_context(|| format!("cannot resolve the compute server {address}"))?;
+            let iroh = sockets.fold(
+                IrohHost::new(id).with_relays(IrohRelays::Disabled),
+                IrohHost::with_address,
+            );
+            RemoteHost::iroh(iroh)
+        }
+    };
+    Ok(match token {
+        Some(token) => host.with_credential(token),
+        None => host,
+    })
+}
+
+/// What `work` returns, unless it takes longer than `timeout`: then `None`, and the thread
+/// that runs it is left to finish or to end with the process.
+#[cfg(feature = "remote")]
+fn within<T: Send + 'static>(
+    timeout: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(work()).ok());
+    receiver.recv_timeout(timeout).ok()
 }
 
 #[cfg(not(feature = "remote"))]
@@ -321,6 +420,15 @@ mod tests {
         );
         let server = "ws://10.0.0.2:4000/".parse::<DeviceArg>().unwrap();
         assert_eq!(server.to_string(), "ws://10.0.0.2:4000");
+        let id = "0123456789abcdef".repeat(4);
+        let iroh = format!("iroh://{}@box:4100", id.to_uppercase())
+            .parse::<DeviceArg>()
+            .unwrap();
+        assert_eq!(iroh.to_string(), format!("iroh://{id}@box:4100"));
+        assert_ne!(iroh.kind(), server.kind());
+        let short = format!("iroh://{}@box:4100", &id[1..]);
+        let no_id = "iroh://box:4100".to_string();
+        let no_port = format!("iroh://{id}@box");
         for bad in [
             "ws://",
             "ws://host",
@@ -329,6 +437,9 @@ mod tests {
             "ws://h:1/x",
             "wgpu:gpu",
             "tpu",
+            short.as_str(),
+            no_id.as_str(),
+            no_port.as_str(),
         ] {
             let error = bad.parse::<DeviceArg>().unwrap_err();
             assert!(error.contains(&format!("`{bad}`")), "{error}");
@@ -393,6 +504,7 @@ mod tests {
         drop(listener);
         let address = ServerAddress {
             host_port: format!("127.0.0.1:{port}"),
+            iroh_id: None,
         };
         let started = std::time::Instant::now();
         let error = reach(&address).unwrap_err().to_string();

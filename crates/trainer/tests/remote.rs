@@ -3,7 +3,7 @@
 //! on both with the batch split between them, ends with the local run's history; a wrong or
 //! missing token and an unreachable server are refused before anything is trained; a server
 //! killed in epoch 2 stops the run with its name, and `train --resume` finishes it as if
-//! nothing had happened.
+//! nothing had happened. The same over Burn's Iroh transport, for one server.
 #![cfg(feature = "remote")]
 
 use std::path::{Path, PathBuf};
@@ -194,19 +194,30 @@ fn one_and_two_compute_servers_train_the_local_run_and_a_lost_server_is_resumed_
     assert_same_history(&two, &work.history("lost"), "resumed against uninterrupted");
 }
 
-/// SIGTERM (a supervisor's stop, like Ctrl-C's SIGINT) ends a compute server cleanly: exit
-/// status 0 and a last line that says so. On loopback: this needs no namespace.
-#[test]
-fn a_compute_server_stops_cleanly_on_sigterm() {
+/// A compute server on loopback, any free port (no namespace needed): the process, the line it
+/// printed once serving, and the lines it prints after.
+fn loopback_server() -> (
+    std::process::Child,
+    String,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
     use std::io::{BufRead, BufReader};
     let mut server = common::trainer()
         .args(["compute-server", "--addr", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
+    (server, first, lines)
+}
+
+/// SIGTERM (a supervisor's stop, like Ctrl-C's SIGINT) ends a compute server cleanly: exit
+/// status 0 and a last line that says so. On loopback: this needs no namespace.
+#[test]
+fn a_compute_server_stops_cleanly_on_sigterm() {
+    let (mut server, first, lines) = loopback_server();
     assert!(
         first.starts_with("compute server:") && first.contains("ws://127.0.0.1:"),
         "{first}"
@@ -224,6 +235,44 @@ fn a_compute_server_stops_cleanly_on_sigterm() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(status.success(), "{status}: {rest:?}");
     assert!(rest.iter().any(|line| line.contains("stopped")), "{rest:?}");
+}
+
+/// A device Burn's server cannot host is refused at start, before the server says it is
+/// serving: another compute server's device (on loopback), and libtorch's where the build
+/// holds tch.
+#[test]
+fn a_device_burn_cannot_serve_is_refused_at_start() {
+    let (mut server, first, _) = loopback_server();
+    let url = first
+        .split_whitespace()
+        .find(|word| word.starts_with("ws://"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+    let mut cases = vec![(
+        common::trainer()
+            .args(["--device", &url, "compute-server", "--addr", "127.0.0.1:0"])
+            .output()
+            .unwrap(),
+        "cannot host another one's device",
+    )];
+    server.kill().ok();
+    server.wait().ok();
+    #[cfg(feature = "tch")]
+    cases.push((
+        common::trainer()
+            .env("BURN_DEVICE", "tch")
+            .args(["compute-server", "--addr", "127.0.0.1:0"])
+            .output()
+            .unwrap(),
+        "not libtorch",
+    ));
+    for (output, expected) in cases {
+        let message = text(&output);
+        assert!(!output.status.success(), "{message}");
+        assert!(message.contains(expected), "{message}");
+        assert!(!message.contains("compute server:"), "{message}");
+        assert!(!message.contains("panicked"), "{message}");
+    }
 }
 
 #[test]
@@ -261,6 +310,70 @@ fn a_wrong_or_missing_token_and_an_unreachable_server_are_refused_before_anythin
         assert!(message.contains(expected), "{run_name}: {message}");
         let named = devices.last().unwrap();
         assert!(message.contains(named.as_str()), "{run_name}: {message}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{run_name}: {:?}",
+            started.elapsed()
+        );
+        assert!(
+            !work.run_dir(run_name).exists(),
+            "{run_name}: a run directory was left"
+        );
+    }
+}
+
+/// Burn's Iroh transport (no relays) across the same hosts: a run on an Iroh server ends with
+/// the local run's history; its key file is its owner's alone and keeps its id across a
+/// restart; a wrong token, and an id at an address where no server answers, are refused
+/// within seconds, naming the server, before anything is trained.
+#[test]
+fn an_iroh_compute_server_trains_the_local_run_and_refuses_strangers() {
+    use std::os::unix::fs::PermissionsExt;
+    if !netns::available() {
+        return;
+    }
+    let binary = Path::new(env!("CARGO_BIN_EXE_vit-trainer"));
+    let work = Work::new(400);
+    let mut hosts = Hosts::new(2);
+    let (token, key) = (work.path("token"), work.path("server.key"));
+    let url = hosts.start_iroh_server(0, binary, Some(&token), &key);
+    assert!(url.contains("@10.213.0.2:"), "{url}");
+
+    succeeded(&run(work.train("local", &[], None)));
+    let one = run(hosts.on_trainer(&work.train("iroh", &[url.clone()], Some("token"))));
+    succeeded(&one);
+    assert!(text(&one).contains(&url), "{}", text(&one));
+    assert_same_history(
+        &work.history("local"),
+        &work.history("iroh"),
+        "an Iroh server against local",
+    );
+
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the key file's mode: {mode:o}");
+    hosts.kill_server(0);
+    let again = hosts.start_iroh_server(0, binary, Some(&token), &key);
+    assert_eq!(again, url, "the key keeps the server's id");
+
+    // Server 1's host is up, and nothing listens there.
+    let absent = url.replace("@10.213.0.2:", "@10.213.1.2:");
+    let cases = [
+        (
+            "wrong",
+            url.clone(),
+            Some("wrong-token"),
+            "refused the token",
+        ),
+        ("absent", absent, Some("token"), "cannot be reached"),
+    ];
+    for (run_name, device, token, expected) in cases {
+        let started = Instant::now();
+        let output =
+            run(hosts.on_trainer(&work.train(run_name, std::slice::from_ref(&device), token)));
+        let message = text(&output);
+        assert!(!output.status.success(), "{run_name}: {message}");
+        assert!(message.contains(expected), "{run_name}: {message}");
+        assert!(message.contains(&device), "{run_name}: {message}");
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{run_name}: {:?}",

@@ -1,7 +1,9 @@
-//! The layer operations on a compute server (`vit_ops::remote`): on a flex server hosted in
-//! this process on loopback, each operation the model and its optimizer use, shipped as one
-//! custom operation, gives the local flex result: LayerNorm, the linear layers, GELU, softmax,
-//! the fused attention and its reordering, forward and backward, and one Adam step.
+//! The layer operations on a compute server (`vit_ops::remote`): on a server hosted in this
+//! process on loopback, each operation the model and its optimizer use, shipped as one custom
+//! operation, gives the result of the server's backend run locally: LayerNorm, the linear
+//! layers, GELU, softmax, the fused attention and its reordering, forward and backward, and
+//! three Adam steps. On a flex server (the host kernels), and on a wgpu one where the build
+//! holds wgpu (the extension's defaults; lavapipe in CI).
 #![cfg(feature = "remote")]
 
 use burn::nn::DropoutConfig;
@@ -11,13 +13,12 @@ use burn::tensor::{Device, Distribution, Tensor};
 use vit_ops::functional::{layer_norm, linear};
 use vit_ops::{Adam, AdamSettings, WeightDecay, gelu, softmax};
 
-/// A remote device on a flex compute server with the layer operations, served from a thread of
-/// this process until it exits.
-fn remote_flex() -> Device {
+/// A remote device on a compute server for `device` with the layer operations, served from a
+/// thread of this process until it exits.
+fn served(device: &Device) -> Device {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("ws://{}", listener.local_addr().unwrap());
-    let flex = Device::flex();
-    let server = vit_ops::remote::with_layer_ops(RemoteServer::new([flex.clone()]), &flex);
+    let server = vit_ops::remote::with_layer_ops(RemoteServer::new([device.clone()]), device);
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime
@@ -26,6 +27,17 @@ fn remote_flex() -> Device {
     });
     let host = burn::remote::RemoteHost::websocket(&url);
     Device::remote_options(&host).init().unwrap()
+}
+
+/// The backends a server of this build may host, each with the relative tolerance between a
+/// result on the server and the same backend's local one: flex, and wgpu where it is built
+/// in (its kernels may be autotuned differently between the two runs).
+fn server_backends() -> Vec<(&'static str, Device, f32)> {
+    #[allow(unused_mut)]
+    let mut backends = vec![("flex", Device::flex(), 1e-5)];
+    #[cfg(feature = "wgpu")]
+    backends.push(("wgpu", Device::wgpu(Default::default()), 1e-4));
+    backends
 }
 
 /// The inputs of [`block`]: the tokens `[4 * 6, 64]`, a weight `[64, 3 * 64]`, and two
@@ -71,11 +83,11 @@ fn block(device: &Device, inputs: &Inputs) -> (Vec<f32>, [Vec<f32>; 4]) {
     (values(loss), grads)
 }
 
-fn assert_close(local: &[f32], remote: &[f32], what: &str) {
+fn assert_close(local: &[f32], remote: &[f32], tolerance: f32, what: &str) {
     assert_eq!(local.len(), remote.len(), "{what}: lengths");
     for (index, (a, b)) in local.iter().zip(remote).enumerate() {
         assert!(
-            (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+            (a - b).abs() <= tolerance * (1.0 + a.abs()),
             "{what}[{index}]: local {a}, on the server {b}"
         );
     }
@@ -83,56 +95,65 @@ fn assert_close(local: &[f32], remote: &[f32], what: &str) {
 
 #[test]
 fn the_layer_operations_on_a_compute_server_give_the_local_results() {
-    let remote = remote_flex();
-    assert!(
-        vit_ops::supports(&remote),
-        "a remote device runs the crate's operations"
-    );
-    let local = Device::flex();
-    let normal = Distribution::Normal(0.0, 1.0);
-    let inputs = Inputs {
-        x: Tensor::random([4 * 6, 64], normal, &local),
-        weight: Tensor::random([64, 3 * 64], normal, &local).mul_scalar(0.1),
-        bias: Tensor::random([64], normal, &local),
-        gamma: Tensor::random([64], normal, &local),
-    };
-    let (local_loss, local_grads) = block(&local, &inputs);
-    let (remote_loss, remote_grads) = block(&remote, &inputs);
-    assert_close(&local_loss, &remote_loss, "loss");
-    for (name, (a, b)) in ["x", "weight", "bias", "gamma"]
-        .iter()
-        .zip(local_grads.iter().zip(&remote_grads))
-    {
+    for (backend, local, tolerance) in server_backends() {
+        let remote = served(&local);
         assert!(
-            a.iter().any(|value| *value != 0.0),
-            "{name} gets a gradient"
+            vit_ops::supports(&remote),
+            "a remote device runs the crate's operations"
         );
-        assert_close(a, b, name);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let host = Device::flex();
+        let inputs = Inputs {
+            x: Tensor::random([4 * 6, 64], normal, &host),
+            weight: Tensor::random([64, 3 * 64], normal, &host).mul_scalar(0.1),
+            bias: Tensor::random([64], normal, &host),
+            gamma: Tensor::random([64], normal, &host),
+        };
+        let (local_loss, local_grads) = block(&local, &inputs);
+        let (remote_loss, remote_grads) = block(&remote, &inputs);
+        assert_close(
+            &local_loss,
+            &remote_loss,
+            tolerance,
+            &format!("{backend}: loss"),
+        );
+        for (name, (a, b)) in ["x", "weight", "bias", "gamma"]
+            .iter()
+            .zip(local_grads.iter().zip(&remote_grads))
+        {
+            assert!(
+                a.iter().any(|value| *value != 0.0),
+                "{backend}: {name} gets a gradient"
+            );
+            assert_close(a, b, tolerance, &format!("{backend}: {name}"));
+        }
     }
 }
 
-/// Three AdamW steps of one parameter: the server's one-pass update against flex's in-place one.
+/// Three AdamW steps of one parameter: the server's one-pass update against the backend's
+/// local one.
 #[test]
 fn an_adam_step_on_a_compute_server_gives_the_local_one() {
-    let remote = remote_flex();
     let adam = Adam::new(AdamSettings {
         beta_1: 0.9,
         beta_2: 0.999,
         epsilon: 1e-8,
         weight_decay: WeightDecay::Decoupled(0.05),
     });
-    let local = Device::flex();
-    let start = Tensor::<2>::random([7, 5], Distribution::Normal(0.0, 1.0), &local);
-    let run = |device: &Device| {
-        let mut parameter = Tensor::<2>::from_data(start.to_data(), device);
-        let mut state = None;
-        for step in 1..=3 {
-            let grad = parameter.clone().sin().mul_scalar(step as f32);
-            (parameter, state) = adam.step(1e-2, parameter, grad, state);
-        }
-        values(parameter)
-    };
-    let (here, there) = (run(&local), run(&remote));
-    assert_ne!(here, values(start), "the steps move it");
-    assert_close(&here, &there, "parameter");
+    for (backend, local, tolerance) in server_backends() {
+        let remote = served(&local);
+        let start = Tensor::<2>::random([7, 5], Distribution::Normal(0.0, 1.0), &Device::flex());
+        let run = |device: &Device| {
+            let mut parameter = Tensor::<2>::from_data(start.to_data(), device);
+            let mut state = None;
+            for step in 1..=3 {
+                let grad = parameter.clone().sin().mul_scalar(step as f32);
+                (parameter, state) = adam.step(1e-2, parameter, grad, state);
+            }
+            values(parameter)
+        };
+        let (here, there) = (run(&local), run(&remote));
+        assert_ne!(here, values(start), "{backend}: the steps move it");
+        assert_close(&here, &there, tolerance, &format!("{backend}: parameter"));
+    }
 }

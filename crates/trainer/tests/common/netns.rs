@@ -149,6 +149,35 @@ impl Hosts {
         token_file: Option<&Path>,
         core: Option<usize>,
     ) {
+        self.start(index, binary, token_file, core, None);
+    }
+
+    /// Starts an Iroh compute server (`--iroh-key key`) on server `index` as [`start_server`]
+    /// does, and returns the `iroh://ID@HOST:PORT` address it prints.
+    pub fn start_iroh_server(
+        &mut self,
+        index: usize,
+        binary: &Path,
+        token_file: Option<&Path>,
+        key: &Path,
+    ) -> String {
+        let line = self.start(index, binary, token_file, None, Some(key));
+        line.split_whitespace()
+            .find(|word| word.starts_with("iroh://"))
+            .unwrap_or_else(|| panic!("server {index} printed no iroh:// address: {line:?}"))
+            .to_string()
+    }
+
+    /// [`start_server`], with `--iroh-key` when `iroh_key` is given; the line the server
+    /// printed once listening.
+    fn start(
+        &mut self,
+        index: usize,
+        binary: &Path,
+        token_file: Option<&Path>,
+        core: Option<usize>,
+        iroh_key: Option<&Path>,
+    ) -> String {
         let mut command = match core {
             Some(core) => {
                 let mut taskset = Command::new("taskset");
@@ -164,6 +193,9 @@ impl Hosts {
             .arg(format!("10.213.{index}.2:{SERVER_PORT}"));
         if let Some(file) = token_file {
             command.arg("--token-file").arg(file);
+        }
+        if let Some(key) = iroh_key {
+            command.arg("--iroh-key").arg(key);
         }
         let mut child = in_namespace(&self.servers[index], &command)
             .stdout(Stdio::piped())
@@ -182,6 +214,7 @@ impl Hosts {
         // Keep reading its output so that it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
         self.running.push((index, child));
+        line
     }
 
     /// Kills server `index` (SIGKILL: no goodbye on the connection) and waits for it.
