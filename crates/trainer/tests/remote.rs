@@ -80,6 +80,30 @@ fn succeeded(output: &Output) {
     assert!(output.status.success(), "{}", text(output));
 }
 
+/// Each case `(run, devices, token, expected)`: `train` as `run` on `devices` with `token`,
+/// from the trainer's host, fails within 10 s with a message that holds `expected` and the last
+/// device's address, and leaves no run directory.
+fn assert_refused(hosts: &Hosts, work: &Work, cases: &[(&str, Vec<String>, Option<&str>, &str)]) {
+    for (run_name, devices, token, expected) in cases {
+        let started = Instant::now();
+        let output = run(hosts.on_trainer(&work.train(run_name, devices, *token)));
+        let message = text(&output);
+        assert!(!output.status.success(), "{run_name}: {message}");
+        assert!(message.contains(expected), "{run_name}: {message}");
+        let named = devices.last().unwrap();
+        assert!(message.contains(named.as_str()), "{run_name}: {message}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{run_name}: {:?}",
+            started.elapsed()
+        );
+        assert!(
+            !work.run_dir(run_name).exists(),
+            "{run_name}: a run directory was left"
+        );
+    }
+}
+
 #[test]
 fn one_and_two_compute_servers_train_the_local_run_and_a_lost_server_is_resumed_from() {
     if !netns::available() {
@@ -302,24 +326,7 @@ fn a_wrong_or_missing_token_and_an_unreachable_server_are_refused_before_anythin
             "cannot be reached",
         ),
     ];
-    for (run_name, devices, token, expected) in cases {
-        let started = Instant::now();
-        let output = run(hosts.on_trainer(&work.train(run_name, &devices, token)));
-        let message = text(&output);
-        assert!(!output.status.success(), "{run_name}: {message}");
-        assert!(message.contains(expected), "{run_name}: {message}");
-        let named = devices.last().unwrap();
-        assert!(message.contains(named.as_str()), "{run_name}: {message}");
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{run_name}: {:?}",
-            started.elapsed()
-        );
-        assert!(
-            !work.run_dir(run_name).exists(),
-            "{run_name}: a run directory was left"
-        );
-    }
+    assert_refused(&hosts, &work, &cases);
 }
 
 /// Burn's Iroh transport (no relays) across the same hosts: a run on an Iroh server ends with
@@ -360,28 +367,11 @@ fn an_iroh_compute_server_trains_the_local_run_and_refuses_strangers() {
     let cases = [
         (
             "wrong",
-            url.clone(),
+            vec![url.clone()],
             Some("wrong-token"),
             "refused the token",
         ),
-        ("absent", absent, Some("token"), "cannot be reached"),
+        ("absent", vec![absent], Some("token"), "cannot be reached"),
     ];
-    for (run_name, device, token, expected) in cases {
-        let started = Instant::now();
-        let output =
-            run(hosts.on_trainer(&work.train(run_name, std::slice::from_ref(&device), token)));
-        let message = text(&output);
-        assert!(!output.status.success(), "{run_name}: {message}");
-        assert!(message.contains(expected), "{run_name}: {message}");
-        assert!(message.contains(&device), "{run_name}: {message}");
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{run_name}: {:?}",
-            started.elapsed()
-        );
-        assert!(
-            !work.run_dir(run_name).exists(),
-            "{run_name}: a run directory was left"
-        );
-    }
+    assert_refused(&hosts, &work, &cases);
 }
