@@ -59,12 +59,12 @@ struct GuardState {
 /// Steps whose losses are read together (and the most a divergence is seen late by).
 pub const READ_EVERY: usize = 10;
 
-/// The losses of one device's steps not read yet, with their steps' global indices.
+/// The losses of one device's steps not read yet, with their steps' global indices. Each
+/// device's steps run on a thread of their own (the learner's, or a burn-train multi-device
+/// worker), so the thread tells the devices apart; devices themselves can compare equal (two
+/// Burn devices on one wgpu adapter).
 struct Unread {
-    /// A device's steps each run on one thread; devices that compare equal (two Burn devices
-    /// on one adapter) are told apart by it.
     thread: ThreadId,
-    device: Device,
     losses: Vec<(usize, Tensor<1>)>,
 }
 
@@ -124,28 +124,25 @@ impl DivergenceGuard {
         let index = self.state.steps.fetch_add(1, Ordering::Relaxed);
         let last_of_epoch =
             self.position(index).1 == self.state.steps_per_epoch.load(Ordering::Relaxed);
-        let (thread, device) = (std::thread::current().id(), loss.device());
+        let thread = std::thread::current().id();
         let due = {
             let mut unread = self.state.unread.lock().expect("guard lock");
-            let position = unread
-                .iter()
-                .position(|u| u.thread == thread && u.device == device);
-            let mine = match position {
-                Some(position) => &mut unread[position],
+            let at = match unread.iter().position(|u| u.thread == thread) {
+                Some(at) => at,
                 None => {
                     unread.push(Unread {
                         thread,
-                        device,
                         losses: Vec::with_capacity(READ_EVERY),
                     });
-                    unread.last_mut().expect("just pushed")
+                    unread.len() - 1
                 }
             };
-            mine.losses.push((index, loss.clone().detach()));
-            if mine.losses.len() < READ_EVERY && !last_of_epoch {
+            unread[at].losses.push((index, loss.clone().detach()));
+            if unread[at].losses.len() < READ_EVERY && !last_of_epoch {
                 return;
             }
-            std::mem::take(&mut mine.losses)
+            // Removed once read: burn-train starts new workers each epoch.
+            unread.swap_remove(at).losses
         };
         self.judge(due);
     }
