@@ -154,7 +154,8 @@ fn main() -> ExitCode {
 }
 
 /// The config at `source` for one epoch of `images` images and a 500-image validation pass,
-/// written in `dir`; and its batch size.
+/// written in `dir`; and its batch size. What needs more than one epoch (the average of the
+/// last epochs' weights, a learning-rate warm-up) is left out, so every preset can be measured.
 fn one_epoch_config(
     source: &Path,
     images: usize,
@@ -162,6 +163,16 @@ fn one_epoch_config(
 ) -> Result<(PathBuf, usize), Box<dyn std::error::Error>> {
     let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(source)?)?;
     config["epochs"] = 1.into();
+    if let Some(config) = config.as_object_mut() {
+        config.remove("average_last");
+    }
+    if let Some(schedule) = config["schedule"].as_object_mut() {
+        for shape in schedule.values_mut() {
+            if let Some(shape) = shape.as_object_mut() {
+                shape.remove("warmup_steps");
+            }
+        }
+    }
     config["data"]["train_limit"] = images.into();
     config["data"]["eval_limit"] = 500.into();
     let path = dir.join("config.json");
