@@ -163,14 +163,12 @@ fn one_epoch_config(
 ) -> Result<(PathBuf, usize), Box<dyn std::error::Error>> {
     let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(source)?)?;
     config["epochs"] = 1.into();
-    if let Some(config) = config.as_object_mut() {
-        config.remove("average_last");
-    }
-    if let Some(schedule) = config["schedule"].as_object_mut() {
-        for shape in schedule.values_mut() {
-            if let Some(shape) = shape.as_object_mut() {
-                shape.remove("warmup_steps");
-            }
+    for (object, key) in [("", "average_last"), ("/schedule/cosine", "warmup_steps")] {
+        if let Some(object) = config
+            .pointer_mut(object)
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            object.remove(key);
         }
     }
     config["data"]["train_limit"] = images.into();

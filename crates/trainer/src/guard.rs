@@ -127,16 +127,16 @@ impl DivergenceGuard {
         let thread = std::thread::current().id();
         let due = {
             let mut unread = self.state.unread.lock().expect("guard lock");
-            let at = match unread.iter().position(|u| u.thread == thread) {
-                Some(at) => at,
-                None => {
+            let at = unread
+                .iter()
+                .position(|u| u.thread == thread)
+                .unwrap_or_else(|| {
                     unread.push(Unread {
                         thread,
                         losses: Vec::with_capacity(READ_EVERY),
                     });
                     unread.len() - 1
-                }
-            };
+                });
             unread[at].losses.push((index, loss.clone().detach()));
             if unread[at].losses.len() < READ_EVERY && !last_of_epoch {
                 return;

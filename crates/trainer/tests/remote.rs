@@ -16,6 +16,9 @@ mod common;
 use common::netns::{self, Hosts};
 use common::{assert_same_history, bar_label, synthetic_mnist, text};
 
+/// Epochs of the work's config.
+const EPOCHS: u32 = 3;
+
 /// A work directory: synthetic MNIST, a small config (no dropout: its draws would differ
 /// between one device and two), artifacts, and the servers' token.
 struct Work {
@@ -31,7 +34,7 @@ impl Work {
         let mut config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(smoke).unwrap()).unwrap();
         config["data"] = serde_json::json!({ "valid_size": 100 });
-        config["epochs"] = 3.into();
+        config["epochs"] = EPOCHS.into();
         // Two heads of 16: a size the fused attention has a kernel for, so it runs on the
         // servers as one operation.
         config["model"]["heads"] = 2.into();
@@ -113,7 +116,8 @@ fn one_and_two_compute_servers_train_the_local_run_and_a_lost_server_is_resumed_
         return;
     }
     let binary = Path::new(env!("CARGO_BIN_EXE_vit-trainer"));
-    let work = Work::new(1600);
+    let images = 1600;
+    let work = Work::new(images);
     let mut hosts = Hosts::new(2);
     let token = Some(work.path("token"));
     hosts.start_server(0, binary, token.as_deref(), None);
@@ -127,10 +131,10 @@ fn one_and_two_compute_servers_train_the_local_run_and_a_lost_server_is_resumed_
     let one = run(hosts.on_trainer(&work.train("one", &[a.clone()], Some("token"))));
     succeeded(&one);
     // What the trainer sends a server is the images and the operations, not tensors made on
-    // the host: each of 3 epochs reads the 1,600 images once (1,500 to train on, 100 to
-    // validate), 3,136 bytes each in f32. Measured: 1.35 times that; 2.43 times when the stem's
-    // zero border was filled on the host and uploaded every step (Burn 0.22.1's `pad`).
-    let images_bytes = 3 * 1600 * 28 * 28 * 4;
+    // the host: each epoch reads the images once (all but 100 to train on, those to validate),
+    // 3,136 bytes each in f32. Measured: 1.35 times that; 2.43 times when the stem's zero
+    // border was filled on the host and uploaded every step (Burn 0.22.1's `pad`).
+    let images_bytes = u64::from(EPOCHS * images * 28 * 28 * 4);
     let sent = hosts.link_bytes(0).0 - sent;
     assert!(
         sent < 2 * images_bytes,
