@@ -137,7 +137,7 @@ impl DivergenceGuard {
                     });
                     unread.len() - 1
                 });
-            unread[at].losses.push((index, loss.clone().detach()));
+            unread[at].losses.push((index, own_copy(loss)));
             if unread[at].losses.len() < READ_EVERY && !last_of_epoch {
                 return;
             }
@@ -187,6 +187,18 @@ impl DivergenceGuard {
     pub fn divergence(&self) -> Option<Divergence> {
         *self.state.divergence.lock().expect("guard lock")
     }
+}
+
+/// A tensor of `loss`'s value that only the guard holds.
+///
+/// The step's loss also goes to burn-train's metric thread, and on a compute server two threads
+/// must not both consume handles of one tensor: Burn's router decides whether an operation may
+/// free its input from the handle count when the operation is built, and sends it a moment
+/// later, so the other thread's last use can reach the server first and free the tensor under
+/// this one's (`Should have handle for tensor`, docs/remote.md). A reshape, issued here before
+/// the loss leaves this thread, is a new tensor on the server.
+fn own_copy(loss: &Tensor<1>) -> Tensor<1> {
+    loss.clone().detach().reshape([1])
 }
 
 #[cfg(test)]

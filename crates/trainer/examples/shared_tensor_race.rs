@@ -1,0 +1,65 @@
+//! Burn 0.22.1, a reproduction: two threads that each consume a handle of one tensor on a
+//! remote device can free it under each other. burn-router's `RouterTensor::into_ir` decides
+//! from the handle count whether the operation may free its input (one handle left: yes), and
+//! the operation reaches the device queue only later. When thread 1 builds its operation (two
+//! handles: read only), drops its handle, and thread 2 then builds and sends its own (one
+//! handle: may free) before thread 1 sends, the server frees the tensor and thread 1's
+//! operation names a tensor it no longer has: the session panics (`burn-ir handle.rs`,
+//! `Should have handle for tensor`) and every later read fails.
+//!
+//! `cargo xtask test -p vit-trainer --no-run` builds it; run
+//! `target/debug/examples/shared_tensor_race [ROUNDS]`. It serves a flex device from this process
+//! on loopback, and in each round two threads add one to the same tensor at once. Exits 1 with
+//! the round the server lost the tensor, 0 if it never did.
+use std::sync::{Arc, Barrier};
+
+use burn::server::{RemoteServer, WebSocketTransport};
+use burn::tensor::{Device, Tensor};
+
+fn main() {
+    let rounds: usize = match std::env::args().nth(1).map(|rounds| rounds.parse()) {
+        None => 20_000,
+        Some(Ok(rounds)) => rounds,
+        Some(Err(error)) => {
+            eprintln!("ROUNDS must be a number of rounds: {error}");
+            std::process::exit(2);
+        }
+    };
+    let device = served(Device::flex());
+    for round in 1..=rounds {
+        let tensor = Tensor::<1>::ones([4], &device);
+        let start = Arc::new(Barrier::new(2));
+        let other = {
+            let (tensor, start) = (tensor.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                (tensor + 1.0).try_into_data()
+            })
+        };
+        start.wait();
+        let here = (tensor + 1.0).try_into_data();
+        let there = other.join().expect("the other thread");
+        if let Err(error) = here.and(there) {
+            println!("round {round} of {rounds}: the server lost the shared tensor: {error}");
+            std::process::exit(1);
+        }
+    }
+    println!("{rounds} rounds, the server never lost the shared tensor");
+}
+
+/// A remote device on a compute server for `device`, served from a thread of this process.
+fn served(device: Device) -> Device {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let url = format!("ws://{}", listener.local_addr().expect("its address"));
+    let server = RemoteServer::new([device]);
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+        runtime
+            .block_on(server.serve_async(WebSocketTransport::from_listener(listener)))
+            .expect("the server");
+    });
+    let host = burn::remote::RemoteHost::websocket(&url);
+    Device::remote_options(&host)
+        .init()
+        .expect("the remote device")
+}
