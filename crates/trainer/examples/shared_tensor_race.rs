@@ -8,16 +8,20 @@
 //! `Should have handle for tensor`) and every later read fails.
 //!
 //! `cargo xtask test -p vit-trainer --no-run` builds it; run
-//! `target/debug/examples/shared_tensor_race [ROUNDS]`. It serves a flex device from this process
-//! on loopback, and in each round two threads add one to the same tensor at once. Exits 1 with
-//! the round the server lost the tensor, 0 if it never did.
+//! `target/debug/examples/shared_tensor_race [ROUNDS] [--copy]`. It serves a flex device from
+//! this process on loopback, and in each round two threads add one to the same tensor at once.
+//! With `--copy` the second thread gets a reshape of the tensor instead, made before it starts
+//! (what the divergence guard does). Exits 1 with the round the server lost a tensor, 0 if it
+//! never did.
 use std::sync::{Arc, Barrier};
 
 use burn::server::{RemoteServer, WebSocketTransport};
 use burn::tensor::{Device, Tensor};
 
 fn main() {
-    let rounds: usize = match std::env::args().nth(1).map(|rounds| rounds.parse()) {
+    let copy = std::env::args().any(|arg| arg == "--copy");
+    let rounds = std::env::args().skip(1).find(|arg| arg != "--copy");
+    let rounds: usize = match rounds.map(|rounds| rounds.parse()) {
         None => 20_000,
         Some(Ok(rounds)) => rounds,
         Some(Err(error)) => {
@@ -30,7 +34,12 @@ fn main() {
         let tensor = Tensor::<1>::ones([4], &device);
         let start = Arc::new(Barrier::new(2));
         let other = {
-            let (tensor, start) = (tensor.clone(), start.clone());
+            let tensor = if copy {
+                tensor.clone().reshape([4])
+            } else {
+                tensor.clone()
+            };
+            let start = start.clone();
             std::thread::spawn(move || {
                 start.wait();
                 (tensor + 1.0).try_into_data()
@@ -40,11 +49,12 @@ fn main() {
         let here = (tensor + 1.0).try_into_data();
         let there = other.join().expect("the other thread");
         if let Err(error) = here.and(there) {
-            println!("round {round} of {rounds}: the server lost the shared tensor: {error}");
+            println!("round {round} of {rounds}: the server lost a tensor: {error}");
             std::process::exit(1);
         }
     }
-    println!("{rounds} rounds, the server never lost the shared tensor");
+    let shared = if copy { "a copied" } else { "the shared" };
+    println!("{rounds} rounds, the server never lost {shared} tensor");
 }
 
 /// A remote device on a compute server for `device`, served from a thread of this process.
