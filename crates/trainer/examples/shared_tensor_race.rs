@@ -21,11 +21,12 @@ use burn::tensor::{Device, Tensor};
 fn main() {
     let copy = std::env::args().any(|arg| arg == "--copy");
     let rounds = std::env::args().skip(1).find(|arg| arg != "--copy");
-    let rounds: usize = match rounds.map(|rounds| rounds.parse()) {
+    let rounds: usize = match rounds.as_deref().map(str::parse) {
         None => 20_000,
         Some(Ok(rounds)) => rounds,
         Some(Err(error)) => {
-            eprintln!("ROUNDS must be a number of rounds: {error}");
+            let given = rounds.unwrap_or_default();
+            eprintln!("ROUNDS must be a number of rounds, not `{given}`: {error}");
             std::process::exit(2);
         }
     };

@@ -198,7 +198,7 @@ impl DivergenceGuard {
 /// this one's (`Should have handle for tensor`, docs/remote.md). A reshape, issued here before
 /// the loss leaves this thread, is a new tensor on the server.
 fn own_copy(loss: &Tensor<1>) -> Tensor<1> {
-    loss.clone().detach().reshape([1])
+    loss.clone().detach().reshape(loss.dims())
 }
 
 #[cfg(test)]
