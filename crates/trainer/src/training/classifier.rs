@@ -1,7 +1,11 @@
 //! The ViT with its training loss, as burn-train's Learner wants it: a training step (cut into
 //! slices run side by side on the host backends, its loss weighted by the device's share of the
-//! step on several devices) and a validation step.
+//! step on several devices) and a validation step. On several devices its parameters and
+//! gradients cross between devices in one transfer each way (`transfer`).
 
+use burn::module::{
+    Content, Devices, ModuleDisplay, ModuleDisplayDefault, ModuleMapper, ModuleVisitor,
+};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
@@ -9,17 +13,19 @@ use vit_data::MnistBatch;
 use vit_model::Vit;
 
 use super::loader::StepBatch;
+use super::transfer;
 use crate::guard::DivergenceGuard;
 use crate::parallel;
 
 /// The ViT with its training loss, as burn-train's Learner wants it.
-#[derive(Module, Debug)]
+#[derive(Clone, Debug)]
 pub struct Classifier {
     pub vit: Vit,
-    #[module(skip)]
     pub(super) label_smoothing: f32,
-    #[module(skip)]
     pub(super) guard: DivergenceGuard,
+    /// On several devices, the one that sums the gradients (burn-train's main device): the
+    /// others send it theirs.
+    pub(super) gradients_to: Option<Device>,
 }
 
 impl Classifier {
@@ -72,6 +78,10 @@ impl TrainStep for Classifier {
         };
         let output = whole_batch(loss, outputs);
         self.guard.check(&output.loss);
+        let grads = match &self.gradients_to {
+            Some(main) => transfer::gradients(grads, self, main),
+            None => grads,
+        };
         TrainOutput {
             grads,
             item: output,
@@ -96,5 +106,78 @@ impl InferenceStep for Classifier {
     /// Validation, on the model without autodiff: the batch in one slice per core.
     fn step(&self, batch: MnistBatch) -> ClassificationOutput {
         self.output(self.vit.forward_in_slices(batch.images), batch.targets)
+    }
+}
+
+/// Written out for its `fork`, which moves the ViT's parameters in one transfer; the rest is
+/// what `#[derive(Module)]` writes for one module field and plain fields, so records and
+/// parameter paths are the derived ones (`vit.…`).
+impl Module for Classifier {
+    fn collect_devices(&self, devices: Devices) -> Devices {
+        self.vit.collect_devices(devices)
+    }
+
+    fn fork(self, device: &Device) -> Self {
+        let vit = transfer::fork(self.vit, device);
+        Self { vit, ..self }
+    }
+
+    fn to_device(self, device: &Device) -> Self {
+        let vit = self.vit.to_device(device);
+        Self { vit, ..self }
+    }
+
+    fn train(self) -> Self {
+        let vit = self.vit.train();
+        Self { vit, ..self }
+    }
+
+    fn valid(&self) -> Self {
+        Self {
+            vit: self.vit.valid(),
+            label_smoothing: self.label_smoothing,
+            guard: self.guard.clone(),
+            gradients_to: self.gradients_to.clone(),
+        }
+    }
+
+    fn materialize(self) -> Self {
+        let vit = self.vit.materialize();
+        Self { vit, ..self }
+    }
+
+    fn visit<V: ModuleVisitor>(&self, visitor: &mut V) {
+        visitor.enter_module("vit", "Struct:Classifier");
+        self.vit.visit(visitor);
+        visitor.exit_module("vit", "Struct:Classifier");
+    }
+
+    fn map<M: ModuleMapper>(self, mapper: &mut M) -> Self {
+        mapper.enter_module("vit", "Struct:Classifier");
+        let vit = self.vit.map(mapper);
+        mapper.exit_module("vit", "Struct:Classifier");
+        Self { vit, ..self }
+    }
+}
+
+impl ModuleDisplayDefault for Classifier {
+    fn content(&self, content: Content) -> Option<Content> {
+        content
+            .set_top_level_type("Classifier")
+            .add("vit", &self.vit)
+            .add_debug_attribute("label_smoothing", &self.label_smoothing)
+            .optional()
+    }
+
+    fn num_params(&self) -> usize {
+        Module::num_params(self)
+    }
+}
+
+impl ModuleDisplay for Classifier {}
+
+impl std::fmt::Display for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", ModuleDisplay::format(self, Default::default()))
     }
 }

@@ -94,6 +94,8 @@ fn launch(prepared: &Prepared, run: &RunDir, devices: &Devices) -> anyhow::Resul
         vit: config.model.init(&device.clone().autodiff())?,
         label_smoothing: config.label_smoothing,
         guard: guard.clone(),
+        // burn-train's main device is the first.
+        gradients_to: (devices.devices.len() > 1).then(|| device.clone()),
     };
     println!(
         "training {} parameters on {}: {train_images} training and {} validation \

@@ -12,6 +12,7 @@ mod prepare;
 mod report;
 mod select;
 mod summary;
+mod transfer;
 
 use anyhow::{Context, bail};
 use burn::data::dataset::Dataset;

@@ -180,6 +180,7 @@ fn load_checkpoint(path: &Path, config: &TrainingConfig, device: &Device) -> any
         vit: config.model.init(device)?,
         label_smoothing: config.label_smoothing,
         guard: DivergenceGuard::new(),
+        gradients_to: None,
     };
     let classifier = classifier
         .try_load_file(path)
