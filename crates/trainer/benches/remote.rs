@@ -1,7 +1,9 @@
 //! Training on Burn compute servers against training locally, on the same cores: the trainer's
 //! own images/s (its report) for a local run on both cores and on one, a run on one compute
 //! server pinned to one core (the trainer on the other), and on two servers pinned to a core
-//! each; and the bytes that crossed each server's link per training step. The servers and
+//! each; the bytes that crossed each server's link per training step, and the CPU time the
+//! trainer and the servers spent per step (the whole run's, start-up and validation included,
+//! so compare settings with each other rather than with a step's time). The servers and
 //! the trainer are on hosts of their own (network namespaces joined by veth pairs), as in the
 //! tests. Run it as `cargo xtask bench --remote [--config F] [--images N] [--rounds R]`.
 
@@ -102,6 +104,14 @@ fn main() -> ExitCode {
     for round in 1..=options.rounds {
         for (index, setting) in SETTINGS.iter().enumerate() {
             let before: Vec<(u64, u64)> = (0..2).map(|server| hosts.link_bytes(server)).collect();
+            let servers_cpu = || -> f64 {
+                (0..setting.servers)
+                    .map(|server| {
+                        cpu_seconds(&format!("/proc/{}/stat", hosts.server_pid(server)), 11)
+                    })
+                    .sum()
+            };
+            let cpu_before = (cpu_seconds("/proc/self/stat", 13), servers_cpu());
             let run = format!("round{round}-{index}");
             let mut train = Command::new("taskset");
             train
@@ -120,6 +130,10 @@ fn main() -> ExitCode {
                 train.arg("--device").arg(hosts.server_url(server));
             }
             let output = hosts.on_trainer(&train).output().expect("run the trainer");
+            // `ip netns exec` and `taskset` exec the trainer, so it is a child this process
+            // waited for, and its CPU time is in this process's children's.
+            let trainer_cpu = cpu_seconds("/proc/self/stat", 13) - cpu_before.0;
+            let server_cpu = servers_cpu() - cpu_before.1;
             if !output.status.success() {
                 eprintln!(
                     "{}: {}",
@@ -143,14 +157,32 @@ fn main() -> ExitCode {
                 .sum();
             println!(
                 "round {round}: {:<48} {:>8.0} training images/s, {:>7.2} MB over the links per \
-                 step (the epoch's validation pass included)",
+                 step; CPU ms per step: trainer {:>5.1}, servers {:>5.1} (the epoch's validation \
+                 pass included)",
                 setting.name,
                 report["train_images_per_second"].as_f64().unwrap_or(0.0),
                 bytes as f64 / steps as f64 / 1e6,
+                trainer_cpu * 1e3 / steps as f64,
+                server_cpu * 1e3 / steps as f64,
             );
         }
     }
     ExitCode::SUCCESS
+}
+
+/// User plus system CPU seconds from a `/proc/PID/stat` file: the two fields from the
+/// `first`-th after the command name's closing parenthesis (11 for the process's own time, 13
+/// for its waited-for children's; `proc(5)` numbers them 14 and 16). 0 when unreadable.
+fn cpu_seconds(stat: &str, first: usize) -> f64 {
+    let ticks_per_second = 100.0; // USER_HZ, which /proc reports in on every Linux ABI
+    std::fs::read_to_string(stat)
+        .ok()
+        .and_then(|text| {
+            let fields: Vec<&str> = text.rsplit_once(") ")?.1.split_whitespace().collect();
+            let ticks = |index: usize| fields.get(index)?.parse::<f64>().ok();
+            Some(ticks(first)? + ticks(first + 1)?)
+        })
+        .map_or(0.0, |ticks| ticks / ticks_per_second)
 }
 
 /// The config at `source` for one epoch of `images` images and a 500-image validation pass,

@@ -217,6 +217,15 @@ impl Hosts {
         line
     }
 
+    /// The process id of server `index`, which was started.
+    pub fn server_pid(&self, index: usize) -> u32 {
+        self.running
+            .iter()
+            .find(|(running, _)| *running == index)
+            .map(|(_, child)| child.id())
+            .expect("server was started")
+    }
+
     /// Kills server `index` (SIGKILL: no goodbye on the connection) and waits for it.
     pub fn kill_server(&mut self, index: usize) {
         let position = self
