@@ -54,8 +54,8 @@ impl TrainStep for Classifier {
     /// own mean.
     fn step(&self, StepBatch { batch, share }: StepBatch) -> TrainOutput<ClassificationOutput> {
         self.guard.before_step();
-        let size = batch.targets.dims()[0];
-        let slices = parallel::step_slices(&batch.targets.device(), size);
+        let (size, device) = (batch.targets.dims()[0], batch.targets.device());
+        let slices = parallel::step_slices(&device, size);
         let weighted = |loss: Tensor<1>| {
             if share == 1.0 {
                 loss
@@ -79,8 +79,8 @@ impl TrainStep for Classifier {
         let output = whole_batch(loss, outputs);
         self.guard.check(&output.loss);
         let grads = match &self.gradients_to {
-            Some(main) => transfer::gradients(grads, self, main),
-            None => grads,
+            Some(main) if *main != device => transfer::gradients(grads, self, main),
+            _ => grads,
         };
         TrainOutput {
             grads,

@@ -24,14 +24,10 @@ pub fn fork<M: Module>(module: M, device: &Device) -> M {
     }
     let mut packer = Packer::default();
     module.visit(&mut ParameterPacker(&mut packer));
-    let Some((flat, places)) = packer.move_to(device) else {
+    let Some(packed) = packer.move_to(device) else {
         return module.fork(device);
     };
-    module.map(&mut Unpacker {
-        flat,
-        places,
-        device,
-    })
+    module.map(&mut Unpacker { packed, device })
 }
 
 /// `grads` of `module`'s parameters moved to `device` in one transfer. Gradients already there,
@@ -47,13 +43,12 @@ pub fn gradients<M: Module>(
         packer: &mut packer,
         device,
     });
-    let Some((flat, places)) = packer.move_to(device) else {
+    let Some(packed) = packer.move_to(device) else {
         return grads.to_device(device, module);
     };
     module.visit(&mut GradientUnpacker {
         grads: &mut grads,
-        flat,
-        places,
+        packed,
     });
     grads
 }
@@ -83,11 +78,28 @@ impl Packer {
     }
 
     /// The tensors in one, moved to `device`; `None` when nothing, or not everything, can go.
-    fn move_to(self, device: &Device) -> Option<(Tensor<1>, HashMap<ParamId, Range<usize>>)> {
+    fn move_to(self, device: &Device) -> Option<Packed> {
         if self.refused || self.parts.is_empty() {
             return None;
         }
-        Some((Tensor::cat(self.parts, 0).to_device(device), self.places))
+        Some(Packed {
+            flat: Tensor::cat(self.parts, 0).to_device(device),
+            places: self.places,
+        })
+    }
+}
+
+/// The packed tensors after the move.
+struct Packed {
+    flat: Tensor<1>,
+    places: HashMap<ParamId, Range<usize>>,
+}
+
+impl Packed {
+    /// Parameter `id`'s tensor, in `shape`; `None` if it was not packed.
+    fn part<const D: usize>(&self, id: ParamId, shape: Shape) -> Option<Tensor<D>> {
+        let range = self.places.get(&id)?.clone();
+        Some(self.flat.clone().slice(range).reshape(shape))
     }
 }
 
@@ -111,23 +123,17 @@ impl ModuleVisitor for ParameterPacker<'_> {
 /// Puts each float parameter's slice of the moved tensor in its place, as `Param::fork` puts
 /// the moved parameter: detached, requiring gradients if it did. Other parameters fork.
 struct Unpacker<'a> {
-    flat: Tensor<1>,
-    places: HashMap<ParamId, Range<usize>>,
+    packed: Packed,
     device: &'a Device,
 }
 
 impl ModuleMapper for Unpacker<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(range) = self.places.get(&param.id).cloned() else {
+        let Some(moved) = self.packed.part::<D>(param.id, param.lazy_shape()) else {
             return param.fork(self.device);
         };
         param.map(|tensor| {
-            let moved = self
-                .flat
-                .clone()
-                .slice(range)
-                .reshape(tensor.shape())
-                .detach();
+            let moved = moved.detach();
             if tensor.is_require_grad() {
                 moved.require_grad()
             } else {
@@ -166,14 +172,12 @@ impl ModuleVisitor for GradientPacker<'_> {
 
 struct GradientUnpacker<'a> {
     grads: &'a mut GradientsParams,
-    flat: Tensor<1>,
-    places: HashMap<ParamId, Range<usize>>,
+    packed: Packed,
 }
 
 impl ModuleVisitor for GradientUnpacker<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(range) = self.places.remove(&param.id) {
-            let moved = self.flat.clone().slice(range).reshape(param.lazy_shape());
+        if let Some(moved) = self.packed.part::<D>(param.id, param.lazy_shape()) {
             self.grads.register::<D>(param.id, moved);
         }
     }
