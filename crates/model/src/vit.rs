@@ -263,12 +263,30 @@ const MIN_INFERENCE_SLICE: usize = 32;
 impl EncoderBlock {
     /// One block over the tokens of `batch` images, stacked as rows `[batch * tokens, dim]`.
     /// It returns the outputs of the first `kept` tokens of each image, `[batch * kept, dim]`.
+    /// On a compute server's device the block is one operation (`vit_ops::block`), elsewhere
+    /// its layers one by one.
     fn forward(&self, x: Tensor<2>, batch: usize, kept: usize) -> Tensor<2> {
+        let layers = self.layers();
+        vit_ops::encoder_block(&layers, &x, batch, kept, LAYER_NORM_EPSILON)
+            .unwrap_or_else(|| self.forward_in_layers(x, batch, kept))
+    }
+
+    /// [`EncoderBlock::forward`] layer by layer.
+    fn forward_in_layers(&self, x: Tensor<2>, batch: usize, kept: usize) -> Tensor<2> {
         let normed = normalize(&self.attention_norm, x.clone());
         let attended = vit_ops::self_attention(&self.attention, normed, batch, kept);
         let x = first_tokens(x, batch, kept) + attended;
         let normed = normalize(&self.mlp_norm, x.clone());
         x + feed_forward(&self.mlp, normed)
+    }
+
+    fn layers(&self) -> vit_ops::EncoderLayers<'_> {
+        vit_ops::EncoderLayers {
+            attention_norm: &self.attention_norm,
+            attention: &self.attention,
+            mlp_norm: &self.mlp_norm,
+            mlp: &self.mlp,
+        }
     }
 
     /// [`EncoderBlock::forward`] for every token, with the attention weights `[batch, heads,
@@ -319,6 +337,87 @@ impl MlpHead {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An encoder block as one operation (what a compute server runs) gives its layers'
+    /// output and gradients, for the input and every parameter, keeping every token and only
+    /// the class token (the last block's case), on both host backends.
+    #[test]
+    #[allow(deprecated)] // ndarray, still supported here
+    fn a_block_as_one_operation_matches_its_layers_with_gradients() {
+        for device in [Device::flex(), Device::ndarray()] {
+            let device = device.autodiff();
+            let model = VitConfig::tutorial().init(&device).unwrap();
+            let block = &model.blocks[1];
+            let (images, tokens) = (5, 17);
+            let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+            let x = Tensor::<2>::random([images * tokens, 64], normal, &device);
+            for kept in [tokens, 1] {
+                let factors = Tensor::<2>::random([images * kept, 64], normal, &device);
+                let run = |one_operation: bool| {
+                    let x = x.clone().detach().require_grad();
+                    let output = if one_operation {
+                        vit_ops::block::encoder_block_as_one_operation(
+                            &block.layers(),
+                            &x,
+                            images,
+                            kept,
+                            LAYER_NORM_EPSILON,
+                        )
+                        .expect("the tutorial's block runs as one operation on the host")
+                    } else {
+                        block.forward_in_layers(x.clone(), images, kept)
+                    };
+                    let gradients = (output.clone() * factors.clone()).sum().backward();
+                    let mut values = vec![floats(output), floats(x.grad(&gradients).unwrap())];
+                    values.extend(block_gradients(block, &gradients));
+                    values
+                };
+                let (layers, one) = (run(false), run(true));
+                assert_eq!(layers.len(), 2 + 13);
+                for (index, (a, b)) in layers.iter().zip(&one).enumerate() {
+                    assert!(
+                        a.iter().any(|value| *value != 0.0),
+                        "value {index} is not zero"
+                    );
+                    let scale = a.iter().fold(0f32, |max, value| max.max(value.abs()));
+                    let worst = a
+                        .iter()
+                        .zip(b)
+                        .fold(0f32, |max, (a, b)| max.max((a - b).abs()));
+                    assert!(
+                        worst <= 1e-5 * scale,
+                        "kept {kept}, value {index}: off by {worst} (largest {scale})"
+                    );
+                }
+            }
+        }
+    }
+
+    fn floats<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+        tensor.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    /// The gradients of `block`'s thirteen parameters, in `gradients`.
+    fn block_gradients(block: &EncoderBlock, gradients: &burn::tensor::Gradients) -> Vec<Vec<f32>> {
+        let vector = |param: &Param<Tensor<1>>| floats(param.grad(gradients).unwrap());
+        let matrix = |param: &Param<Tensor<2>>| floats(param.grad(gradients).unwrap());
+        let norm =
+            |layer: &LayerNorm| vec![vector(&layer.gamma), vector(layer.beta.as_ref().unwrap())];
+        let linear =
+            |layer: &Linear| vec![matrix(&layer.weight), vector(layer.bias.as_ref().unwrap())];
+        let attention = &block.attention;
+        [
+            norm(&block.attention_norm),
+            vec![matrix(&attention.query.weight)],
+            vec![matrix(&attention.key.weight)],
+            vec![matrix(&attention.value.weight)],
+            linear(&attention.output),
+            norm(&block.mlp_norm),
+            linear(&block.mlp.linear_inner),
+            linear(&block.mlp.linear_outer),
+        ]
+        .concat()
+    }
 
     #[test]
     fn logits_have_one_row_per_image_and_one_column_per_class() {

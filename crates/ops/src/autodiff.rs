@@ -1,4 +1,4 @@
-//! The autodiff side of both extensions: each operation is one node of the graph, with the
+//! The autodiff side of the extensions: each operation is one node of the graph, with the
 //! backward step that calls the inner backend's gradient operations.
 
 use burn::backend::autodiff::NodeId;
@@ -9,6 +9,7 @@ use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend};
 
+use crate::block::{BlockActivations, BlockOps, BlockParameters};
 use crate::extension::{FusedOps, HostOps};
 
 /// The backward step of a one-input operation that keeps one tensor of its forward pass (its
@@ -293,6 +294,100 @@ impl<B: HostOps, C: CheckpointStrategy> HostOps for Autodiff<B, C> {
         match prepared {
             OpsKind::Tracked(prep) => prep.finish((rows, columns, width), output),
             OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
+}
+
+impl<B: BlockOps, C: CheckpointStrategy> BlockOps for Autodiff<B, C> {
+    fn encoder_block(
+        x: FloatTensor<Self>,
+        parameters: BlockParameters<Self>,
+        images: usize,
+        heads: usize,
+        kept: usize,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        /// One node for the whole block: its parents are the input's node, then the
+        /// parameters' in [`BlockParameters`]' order.
+        #[derive(Debug)]
+        struct EncoderBlockBackward;
+
+        const PARENTS: usize = 1 + BlockParameters::<burn::backend::Dispatch>::LEN;
+
+        impl<B: BlockOps> Backward<B, PARENTS> for EncoderBlockBackward {
+            /// The input, the parameters, the saved activations, and images, heads, kept
+            /// tokens and epsilon.
+            type State = (
+                FloatTensor<B>,
+                Vec<FloatTensor<B>>,
+                Vec<FloatTensor<B>>,
+                [usize; 3],
+                f64,
+            );
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, PARENTS>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, parameters, activations, [images, heads, kept], epsilon) = ops.state;
+                let (grad_x, grad_parameters) = B::encoder_block_backward(
+                    x,
+                    BlockParameters::from_vec(parameters),
+                    BlockActivations::from_vec(activations),
+                    grad,
+                    images,
+                    heads,
+                    kept,
+                    epsilon,
+                );
+                let gradients = std::iter::once(grad_x).chain(grad_parameters.into_vec());
+                for (node, gradient) in ops.parents.into_iter().zip(gradients) {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, gradient);
+                    }
+                }
+            }
+        }
+
+        let parameters = parameters.into_vec();
+        let nodes: Vec<NodeGuard> = std::iter::once(x.node())
+            .chain(parameters.iter().map(|parameter| parameter.node()))
+            .collect();
+        let Ok(nodes) = <[NodeGuard; PARENTS]>::try_from(nodes) else {
+            unreachable!("a block's input and its parameters")
+        };
+        let prepared = EncoderBlockBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful();
+        let x = x.into_primitive();
+        let parameters: Vec<FloatTensor<B>> = parameters
+            .into_iter()
+            .map(|parameter| parameter.into_primitive())
+            .collect();
+        match prepared {
+            OpsKind::Tracked(prep) => {
+                let (output, activations) = B::encoder_block_saving(
+                    x.clone(),
+                    BlockParameters::from_vec(parameters.clone()),
+                    images,
+                    heads,
+                    kept,
+                    epsilon,
+                );
+                let sizes = [images, heads, kept];
+                let state = (x, parameters, activations.into_vec(), sizes, epsilon);
+                prep.finish(state, output)
+            }
+            OpsKind::UnTracked(prep) => {
+                let parameters = BlockParameters::from_vec(parameters);
+                prep.finish(B::encoder_block(
+                    x, parameters, images, heads, kept, epsilon,
+                ))
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! wgpu keeps the trait's defaults (reading its tensors back to the host would cost more than
 //! the operations it saves). libtorch's backward kernels are in `libtorch.rs`.
 
+use crate::block::BlockOps;
 use crate::extension::{FusedOps, HostOps};
 
 /// The host kernels of [`FusedOps`], for `f32` tensors; other float types take the defaults.
@@ -92,6 +93,9 @@ impl FusedOps for burn::backend::Flex {
 #[cfg(feature = "flex")]
 impl HostOps for burn::backend::Flex {}
 
+#[cfg(feature = "flex")]
+impl BlockOps for burn::backend::Flex {}
+
 #[cfg(feature = "ndarray")]
 impl FusedOps for burn::backend::NdArray {
     host_kernels!();
@@ -100,8 +104,14 @@ impl FusedOps for burn::backend::NdArray {
 #[cfg(feature = "ndarray")]
 impl HostOps for burn::backend::NdArray {}
 
+#[cfg(feature = "ndarray")]
+impl BlockOps for burn::backend::NdArray {}
+
 #[cfg(feature = "wgpu")]
 impl FusedOps for burn::backend::Cube {}
 
 #[cfg(all(feature = "wgpu", feature = "remote"))]
 impl HostOps for burn::backend::Cube {}
+
+#[cfg(all(feature = "wgpu", feature = "remote"))]
+impl BlockOps for burn::backend::Cube {}

@@ -13,12 +13,14 @@
 //! - libtorch and wgpu run the extension's defaults, Burn's own operations (libtorch its own
 //!   backward kernels for LayerNorm and softmax);
 //! - a compute server's device (feature `remote`) ships each operation to the server, whose
-//!   backend runs it as above (`remote.rs`);
+//!   backend runs it as above (`remote.rs`), and a whole encoder block as one operation forward
+//!   and one backward (`block.rs`), since there each operation is a message;
 //! - any other backend, and tensors that are not `f32`, take Burn's composed operations, so the
 //!   result never depends on how the crate was built, only the speed.
 //!
 //! The model calls the layer-level forms ([`linear`], [`layer_norm`], [`gelu`],
-//! [`self_attention`]); lane orders and where the attention's scale goes stay in here.
+//! [`self_attention`], [`encoder_block`]); lane orders and where the attention's scale goes
+//! stay in here.
 // ndarray and tch are deprecated upstream; this project still supports both.
 #![allow(deprecated)]
 
@@ -26,6 +28,7 @@ pub mod adam;
 pub mod attention;
 mod autodiff;
 mod backends;
+pub mod block;
 mod composed;
 mod extension;
 pub mod functional;
@@ -40,6 +43,7 @@ pub mod slices;
 
 pub use adam::{Adam, AdamSettings, WeightDecay};
 pub use attention::{self_attention, self_attention_with_weights};
+pub use block::{BlockOps, EncoderLayers, encoder_block};
 pub use extension::{FusedOps, HostOps};
 pub use functional::{gelu, softmax};
 pub use layers::{layer_norm, linear};

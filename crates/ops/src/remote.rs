@@ -1,8 +1,8 @@
 //! The layer operations on a compute server: a trainer's remote device ships each operation of
-//! [`FusedOps`] and [`HostOps`] as one Burn custom operation, and the server runs it with its own
-//! backend's implementation (the host kernels on flex and ndarray). Without this, a remote device
-//! runs the composed forms, ten to forty of Burn's operations per layer, each a message and a
-//! pass of its own on the server.
+//! [`FusedOps`], [`HostOps`] and [`BlockOps`] (a whole encoder block) as one Burn custom
+//! operation, and the server runs it with its own backend's implementation (the host kernels on
+//! flex and ndarray). Without this, a remote device runs the composed forms, ten to forty of
+//! Burn's operations per layer, each a message and a pass of its own on the server.
 //!
 //! Both sides live here, so an operation's id, inputs, outputs and scalars are written once: the
 //! client side (`impl FusedOps for Remote`) declares the outputs' shapes; the server side
@@ -18,6 +18,7 @@ use burn::tensor::{Device, Shape};
 
 use crate::adam::in_place::AdamOps;
 use crate::adam::{AdamSettings, AdamStep, WeightDecay};
+use crate::block::{BlockActivations, BlockOps, BlockParameters, BlockSizes, forward_shapes};
 use crate::extension::{FusedOps, HostOps};
 
 /// The id of operation `name` on the wire.
@@ -43,6 +44,8 @@ const ATTENTION_WITH_WEIGHTS: &str = op_id!("attention_with_weights");
 const ATTENTION_BACKWARD: &str = op_id!("attention_backward");
 const TRANSPOSE_GROUPS: &str = op_id!("transpose_groups");
 const ADAM_UPDATE: &str = op_id!("adam_update");
+const ENCODER_BLOCK: &str = op_id!("encoder_block");
+const ENCODER_BLOCK_BACKWARD: &str = op_id!("encoder_block_backward");
 
 /// Registers operation `id` of `inputs` (the first one's device and float type are the
 /// outputs') with `outputs` of the given shapes, and returns the outputs, which the server fills.
@@ -52,15 +55,26 @@ fn on_server<const O: usize>(
     outputs: [Shape; O],
     scalars: Vec<ScalarIr>,
 ) -> [FloatTensor<Remote>; O] {
-    let (device, dtype) = (inputs[0].device(), inputs[0].dtype());
-    let client = CustomOpClient::new(&device);
-    let outputs = outputs.map(|shape| TensorIr::uninit(client.create_empty_handle(), shape, dtype));
-    let inputs: Vec<TensorIr> = inputs.into_iter().map(|tensor| tensor.into_ir()).collect();
-    let op = CustomOpIr::with_scalars(id, &inputs, &outputs, scalars);
-    client
-        .register(op)
+    on_server_all(id, inputs, outputs.into(), scalars)
         .try_into()
         .unwrap_or_else(|_| panic!("`{id}` declares {O} outputs"))
+}
+
+/// [`on_server`] for a number of outputs known when it runs.
+fn on_server_all(
+    id: &'static str,
+    inputs: Vec<FloatTensor<Remote>>,
+    outputs: Vec<Shape>,
+    scalars: Vec<ScalarIr>,
+) -> Vec<FloatTensor<Remote>> {
+    let (device, dtype) = (inputs[0].device(), inputs[0].dtype());
+    let client = CustomOpClient::new(&device);
+    let outputs: Vec<TensorIr> = outputs
+        .into_iter()
+        .map(|shape| TensorIr::uninit(client.create_empty_handle(), shape, dtype))
+        .collect();
+    let inputs: Vec<TensorIr> = inputs.into_iter().map(|tensor| tensor.into_ir()).collect();
+    client.register(CustomOpIr::with_scalars(id, &inputs, &outputs, scalars))
 }
 
 fn sizes(values: &[usize]) -> Vec<ScalarIr> {
@@ -264,6 +278,89 @@ impl AdamOps for Remote {
     }
 }
 
+impl BlockOps for Remote {
+    fn encoder_block(
+        x: FloatTensor<Self>,
+        parameters: BlockParameters<Self>,
+        images: usize,
+        heads: usize,
+        kept: usize,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let sizes = BlockSizes::new(images, heads, kept, epsilon);
+        let mut outputs = block_on_server(x, parameters, sizes, false);
+        outputs.remove(0)
+    }
+
+    fn encoder_block_saving(
+        x: FloatTensor<Self>,
+        parameters: BlockParameters<Self>,
+        images: usize,
+        heads: usize,
+        kept: usize,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, BlockActivations<Self>) {
+        let sizes = BlockSizes::new(images, heads, kept, epsilon);
+        let mut outputs = block_on_server(x, parameters, sizes, true);
+        let activations = BlockActivations::from_vec(outputs.split_off(1));
+        (outputs.remove(0), activations)
+    }
+
+    fn encoder_block_backward(
+        x: FloatTensor<Self>,
+        parameters: BlockParameters<Self>,
+        activations: BlockActivations<Self>,
+        grad: FloatTensor<Self>,
+        images: usize,
+        heads: usize,
+        kept: usize,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, BlockParameters<Self>) {
+        let sizes = BlockSizes::new(images, heads, kept, epsilon);
+        let parameters = parameters.into_vec();
+        let shapes = std::iter::once(&x)
+            .chain(&parameters)
+            .map(|tensor| tensor.shape())
+            .collect();
+        let inputs = std::iter::once(x)
+            .chain(parameters)
+            .chain(activations.into_vec())
+            .chain([grad])
+            .collect();
+        let mut outputs =
+            on_server_all(ENCODER_BLOCK_BACKWARD, inputs, shapes, block_scalars(sizes));
+        let gradients = BlockParameters::from_vec(outputs.split_off(1));
+        (outputs.remove(0), gradients)
+    }
+}
+
+/// [`ENCODER_BLOCK`] of `x` and `parameters`: its output, then with `saving` the activations
+/// the backward pass reads.
+fn block_on_server(
+    x: FloatTensor<Remote>,
+    parameters: BlockParameters<Remote>,
+    sizes: BlockSizes,
+    saving: bool,
+) -> Vec<FloatTensor<Remote>> {
+    let inner = parameters.inner_bias.shape()[0];
+    let shapes = forward_shapes(&x.shape(), inner, sizes, saving);
+    let inputs = std::iter::once(x).chain(parameters.into_vec()).collect();
+    on_server_all(ENCODER_BLOCK, inputs, shapes, block_scalars(sizes))
+}
+
+/// `sizes` as the scalars of [`ENCODER_BLOCK`] and its backward pass; [`block_sizes`] reads
+/// them back.
+fn block_scalars(sizes: BlockSizes) -> Vec<ScalarIr> {
+    let mut scalars = self::sizes(&[sizes.images, sizes.heads, sizes.kept]);
+    scalars.push(ScalarIr::Float(sizes.epsilon));
+    scalars
+}
+
+fn block_sizes(scalars: &[ScalarIr]) -> BlockSizes {
+    let (images, heads, kept) = (size(scalars, 0), size(scalars, 1), size(scalars, 2));
+    BlockSizes::new(images, heads, kept, float(scalars, 3))
+}
+
 /// `step` as the scalars of [`ADAM_UPDATE`]; [`adam_step`] reads them back.
 fn adam_scalars(step: AdamStep) -> Vec<ScalarIr> {
     let AdamSettings {
@@ -359,6 +456,29 @@ fn handler<B: BackendIr, const I: usize, const O: usize>(
     }
 }
 
+/// The float tensors an operation of any number of inputs reads.
+fn float_inputs<B: BackendIr>(
+    handles: &mut HandleContainer<B::Handle>,
+    op: &CustomOpIr,
+) -> Vec<FloatTensor<B>> {
+    let inputs = op.inputs.iter();
+    inputs
+        .map(|input| handles.get_float_tensor::<B>(input))
+        .collect()
+}
+
+/// Registers `tensors` under the ids of `op`'s outputs.
+fn register_outputs<B: BackendIr>(
+    handles: &mut HandleContainer<B::Handle>,
+    op: &CustomOpIr,
+    tensors: Vec<FloatTensor<B>>,
+) {
+    assert_eq!(tensors.len(), op.outputs.len(), "`{}`'s outputs", op.id);
+    for (output, tensor) in op.outputs.iter().zip(tensors) {
+        handles.register_float_tensor::<B>(&output.id, tensor);
+    }
+}
+
 fn float(scalars: &[ScalarIr], index: usize) -> f64 {
     scalars[index].elem()
 }
@@ -367,7 +487,7 @@ fn size(scalars: &[ScalarIr], index: usize) -> usize {
     scalars[index].elem::<u64>() as usize
 }
 
-fn handlers<B: FusedOps + HostOps + AdamOps + BackendIr>(server: RemoteServer) -> RemoteServer {
+fn handlers<B: BlockOps + AdamOps + BackendIr>(server: RemoteServer) -> RemoteServer {
     server
         .with_custom_op::<B, _>(
             LAYER_NORM,
@@ -447,6 +567,57 @@ fn handlers<B: FusedOps + HostOps + AdamOps + BackendIr>(server: RemoteServer) -
                 [parameter, moment_1, moment_2]
             }),
         )
+        .with_custom_op::<B, _>(ENCODER_BLOCK, |handles, op, _device| {
+            let mut inputs = float_inputs::<B>(handles, op);
+            let parameters = BlockParameters::from_vec(inputs.split_off(1));
+            let x = inputs.remove(0);
+            let BlockSizes {
+                images,
+                heads,
+                kept,
+                epsilon,
+            } = block_sizes(&op.scalars);
+            let outputs = if op.outputs.len() == 1 {
+                vec![B::encoder_block(
+                    x, parameters, images, heads, kept, epsilon,
+                )]
+            } else {
+                let (output, activations) =
+                    B::encoder_block_saving(x, parameters, images, heads, kept, epsilon);
+                std::iter::once(output)
+                    .chain(activations.into_vec())
+                    .collect()
+            };
+            register_outputs::<B>(handles, op, outputs);
+        })
+        .with_custom_op::<B, _>(ENCODER_BLOCK_BACKWARD, |handles, op, _device| {
+            let mut inputs = float_inputs::<B>(handles, op);
+            let grad = inputs.pop().expect("the gradient comes last");
+            let activations =
+                BlockActivations::from_vec(inputs.split_off(1 + BlockParameters::<B>::LEN));
+            let parameters = BlockParameters::from_vec(inputs.split_off(1));
+            let x = inputs.remove(0);
+            let BlockSizes {
+                images,
+                heads,
+                kept,
+                epsilon,
+            } = block_sizes(&op.scalars);
+            let (grad_x, gradients) = B::encoder_block_backward(
+                x,
+                parameters,
+                activations,
+                grad,
+                images,
+                heads,
+                kept,
+                epsilon,
+            );
+            let outputs = std::iter::once(grad_x)
+                .chain(gradients.into_vec())
+                .collect();
+            register_outputs::<B>(handles, op, outputs);
+        })
         .with_custom_op::<B, _>(
             TRANSPOSE_GROUPS,
             handler::<B, 1, 1>(|[x], s| {

@@ -1,15 +1,18 @@
 //! The layer operations on a compute server (`vit_ops::remote`): on a server hosted in this
 //! process on loopback, each operation the model and its optimizer use, shipped as one custom
 //! operation, gives the result of the server's backend run locally: LayerNorm, the linear
-//! layers, GELU, softmax, the fused attention and its reordering, forward and backward, and
-//! three Adam steps. On a flex server (the host kernels), and on a wgpu one where the build
-//! holds wgpu (the extension's defaults; lavapipe in CI).
+//! layers, GELU, softmax, the fused attention and its reordering, forward and backward, a
+//! whole encoder block, and three Adam steps. On a flex server (the host kernels), and on a
+//! wgpu one where the build holds wgpu (the extension's defaults; lavapipe in CI).
 #![cfg(feature = "remote")]
 
-use burn::nn::DropoutConfig;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
+use burn::nn::transformer::{PositionWiseFeedForward, PositionWiseFeedForwardConfig};
+use burn::nn::{DropoutConfig, LayerNorm, LayerNormConfig};
 use burn::optim::Optimizer;
 use burn::server::{RemoteServer, WebSocketTransport};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Gradients, Tensor};
 use vit_ops::functional::{layer_norm, linear};
 use vit_ops::{Adam, AdamSettings, WeightDecay, gelu, softmax};
 
@@ -155,5 +158,114 @@ fn an_adam_step_on_a_compute_server_gives_the_local_one() {
         let (here, there) = (run(&local), run(&remote));
         assert_ne!(here, values(start), "{backend}: the steps move it");
         assert_close(&here, &there, tolerance, &format!("{backend}: parameter"));
+    }
+}
+
+/// A pre-norm encoder block (the tutorial's sizes: 64 wide, 8 heads, an MLP of 128).
+#[derive(Module, Debug)]
+struct EncoderBlock {
+    attention_norm: LayerNorm,
+    attention: MultiHeadAttention,
+    mlp_norm: LayerNorm,
+    mlp: PositionWiseFeedForward,
+}
+
+/// The gradients of every parameter of a module, in `gradients`, in the module's order.
+struct ParameterGradients<'a> {
+    gradients: &'a Gradients,
+    values: Vec<Vec<f32>>,
+}
+
+impl ModuleVisitor for ParameterGradients<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let grad = param
+            .grad(self.gradients)
+            .expect("every parameter takes part");
+        self.values.push(values(grad));
+    }
+}
+
+/// The block's layers one by one, as the model runs them off a compute server: the first
+/// `kept` tokens of each of `images` images come out.
+fn in_layers(block: &EncoderBlock, x: Tensor<2>, images: usize, kept: usize) -> Tensor<2> {
+    let [rows, dim] = x.dims();
+    let normed = vit_ops::layer_norm(&block.attention_norm, x.clone(), 1e-5);
+    let attended = vit_ops::self_attention(&block.attention, normed, images, kept);
+    let first = x.reshape([images, rows / images, dim]).narrow(1, 0, kept);
+    let x = first.reshape([images * kept, dim]) + attended;
+    let normed = vit_ops::layer_norm(&block.mlp_norm, x.clone(), 1e-5);
+    let hidden = gelu(vit_ops::linear(&block.mlp.linear_inner, normed));
+    x + vit_ops::linear(&block.mlp.linear_outer, hidden)
+}
+
+/// An encoder block on a server is one operation forward and one backward
+/// (`vit_ops::block`): its output and the gradients of its input and of all thirteen
+/// parameters are those of its layers run one by one on the server's backend locally,
+/// keeping every token and only the first (the last block's case).
+#[test]
+fn an_encoder_block_on_a_compute_server_gives_its_layers_results() {
+    for (backend, local, tolerance) in server_backends() {
+        let remote = served(&local);
+        let host = Device::flex().autodiff();
+        let block = EncoderBlock {
+            attention_norm: LayerNormConfig::new(64).init(&host),
+            // As the model's: no bias on the queries, keys and values.
+            attention: MultiHeadAttentionConfig::new(64, 8)
+                .with_dropout(0.0)
+                .with_query_bias(false)
+                .with_key_bias(false)
+                .with_value_bias(false)
+                .init(&host),
+            mlp_norm: LayerNormConfig::new(64).init(&host),
+            mlp: PositionWiseFeedForwardConfig::new(64, 128)
+                .with_dropout(0.0)
+                .init(&host),
+        };
+        let (images, tokens) = (5, 17);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<2>::random([images * tokens, 64], normal, &Device::flex());
+        for kept in [tokens, 1] {
+            let factors = Tensor::<2>::random([images * kept, 64], normal, &Device::flex());
+            let run = |device: &Device, on_server: bool| {
+                let block = block.clone().fork(&device.clone().autodiff());
+                let x = on(&x, &device.clone().autodiff());
+                let layers = vit_ops::EncoderLayers {
+                    attention_norm: &block.attention_norm,
+                    attention: &block.attention,
+                    mlp_norm: &block.mlp_norm,
+                    mlp: &block.mlp,
+                };
+                let one_operation = vit_ops::encoder_block(&layers, &x, images, kept, 1e-5);
+                assert_eq!(
+                    one_operation.is_some(),
+                    on_server,
+                    "{backend}: one operation"
+                );
+                let output =
+                    one_operation.unwrap_or_else(|| in_layers(&block, x.clone(), images, kept));
+                let factors = on(&factors, &device.clone().autodiff());
+                let gradients = (output.clone() * factors).sum().backward();
+                let mut collected = ParameterGradients {
+                    gradients: &gradients,
+                    values: vec![values(output), values(x.grad(&gradients).unwrap())],
+                };
+                block.visit(&mut collected);
+                collected.values
+            };
+            let (here, there) = (run(&local, false), run(&remote, true));
+            assert_eq!(
+                here.len(),
+                2 + 13,
+                "{backend}: output, input and parameters"
+            );
+            for (index, (a, b)) in here.iter().zip(&there).enumerate() {
+                assert!(
+                    a.iter().any(|value| *value != 0.0),
+                    "{backend}: value {index}"
+                );
+                let what = format!("{backend}, kept {kept}: value {index}");
+                assert_close(a, b, tolerance, &what);
+            }
+        }
     }
 }
