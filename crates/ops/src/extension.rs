@@ -1,6 +1,6 @@
 //! Two backend extensions: [`FusedOps`], the layer operations every backend this crate is
 //! built for runs as one autodiff node each, and [`HostOps`], the attention that only the host
-//! backends run as one operation. (The third, a whole encoder block, is in `block.rs`.)
+//! backends run as one operation. (The third, a whole encoder block, is in `block/`.)
 //!
 //! [`FusedOps`]'s defaults are Burn's own operations (and, for the backward passes Burn has no
 //! single operation for, a short composed form); the host backends opt into the host kernels

@@ -14,7 +14,7 @@
 //!   backward kernels for LayerNorm and softmax);
 //! - a compute server's device (feature `remote`) ships each operation to the server, whose
 //!   backend runs it as above (`remote.rs`), and a whole encoder block as one operation forward
-//!   and one backward (`block.rs`), since there each operation is a message;
+//!   and one backward (`block/`), since there each operation is a message;
 //! - any other backend, and tensors that are not `f32`, take Burn's composed operations, so the
 //!   result never depends on how the crate was built, only the speed.
 //!

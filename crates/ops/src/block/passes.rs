@@ -1,191 +1,14 @@
-//! A pre-norm encoder block as one operation, for compute servers. Layer by layer a block of
-//! the ViT is about fifty operations in a training step (its layers, the attention's weights
-//! put together and reordered, the residual sums, and the backward pass of each), and on a
-//! remote device every one of them is a message the trainer issues and the server unpacks and
-//! schedules. Here the forward pass is one operation and the backward pass another; the
-//! server runs the same layer operations (`extension.rs`) in the same order, so the results
-//! are the layer-by-layer ones.
+//! The block's forward and backward passes from the layer operations (`extension.rs`), in
+//! the order the layers run one by one (`attention.rs` and the model's block), and the tensors
+//! they take and keep: what [`super::BlockOps`]' defaults run, on a compute server among others.
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, ExtensionType, TensorMetadata, backend_extension};
-use burn::nn::attention::MultiHeadAttention;
-use burn::nn::transformer::PositionWiseFeedForward;
-use burn::nn::{LayerNorm, Linear};
+use burn::backend::{Backend, ExtensionType, TensorMetadata};
 #[cfg(feature = "remote")]
 use burn::tensor::Shape;
-use burn::tensor::{DType, Slice, Tensor};
+use burn::tensor::Slice;
 
 use crate::extension::{FusedOps, HostOps};
-use crate::host::attention::supported;
-use crate::route::Route;
-
-/// The layers of a pre-norm encoder block: `x + attention(norm(x))`, then `x + mlp(norm(x))`,
-/// the MLP being Linear → GELU → Linear.
-pub struct EncoderLayers<'a> {
-    pub attention_norm: &'a LayerNorm,
-    pub attention: &'a MultiHeadAttention,
-    pub mlp_norm: &'a LayerNorm,
-    pub mlp: &'a PositionWiseFeedForward,
-}
-
-/// The block of `layers` on the tokens `x` `[images * tokens, dim]` of `images` images, as one
-/// operation with one backward step, for the first `kept` tokens of each image: `[images *
-/// kept, dim]`. Only on a compute server's device, where each operation costs a message; `None`
-/// elsewhere, and where the block has what the operation does not cover (dropout, biases on
-/// the queries, keys or values, layers without them elsewhere, a head size without an
-/// attention kernel, tensors that are not `f32`), for the caller to run the layers one by one.
-pub fn encoder_block(
-    layers: &EncoderLayers<'_>,
-    x: &Tensor<2>,
-    images: usize,
-    kept: usize,
-    epsilon: f64,
-) -> Option<Tensor<2>> {
-    if Route::of_tensor(x) != Route::Remote {
-        return None;
-    }
-    encoder_block_as_one_operation(layers, x, images, kept, epsilon)
-}
-
-/// What [`encoder_block`] runs on a compute server, on any device whose backend has the host
-/// kernels (flex, ndarray) as well: for comparing it with the layers it stands for. Not
-/// measured to pay on those backends, where an operation costs no message.
-pub fn encoder_block_as_one_operation(
-    layers: &EncoderLayers<'_>,
-    x: &Tensor<2>,
-    images: usize,
-    kept: usize,
-    epsilon: f64,
-) -> Option<Tensor<2>> {
-    if !Route::of_tensor(x).runs_host_kernels() {
-        return None;
-    }
-    let parameters = parameters(layers, x)?;
-    let output = <Dispatch as BlockOps>::encoder_block(
-        x.clone().into_dispatch(),
-        parameters,
-        images,
-        layers.attention.n_heads,
-        kept,
-        epsilon,
-    );
-    Some(Tensor::from_dispatch(output))
-}
-
-/// The parameters of `layers`, or `None` if the operation does not cover these layers on `x`.
-fn parameters(layers: &EncoderLayers<'_>, x: &Tensor<2>) -> Option<BlockParameters<Dispatch>> {
-    let EncoderLayers {
-        attention_norm,
-        attention,
-        mlp_norm,
-        mlp,
-    } = layers;
-    let [rows, dim] = x.dims();
-    // The layer-by-layer attention reorders the activations instead of the weights below
-    // `dim` rows (`attention.rs`); the operation covers the usual case only.
-    let covered = rows >= dim
-        && attention.dropout.prob == 0.0
-        && mlp.dropout.prob == 0.0
-        && supported(attention.n_heads, attention.d_k);
-    if !covered {
-        return None;
-    }
-    let f32 = |dtype| (dtype == DType::F32).then_some(());
-    let norm = |layer: &LayerNorm| {
-        let (gamma, beta) = (layer.gamma.val(), layer.beta.as_ref()?.val());
-        f32(gamma.dtype())?;
-        Some((gamma.into_dispatch(), beta.into_dispatch()))
-    };
-    let unbiased = |layer: &Linear| {
-        let weight = layer.weight.val();
-        f32(weight.dtype())?;
-        layer.bias.is_none().then(|| weight.into_dispatch())
-    };
-    let linear = |layer: &Linear| {
-        let (weight, bias) = (layer.weight.val(), layer.bias.as_ref()?.val());
-        f32(weight.dtype())?;
-        Some((weight.into_dispatch(), bias.into_dispatch()))
-    };
-    let (norm_1_gamma, norm_1_beta) = norm(attention_norm)?;
-    let query_weight = unbiased(&attention.query)?;
-    let key_weight = unbiased(&attention.key)?;
-    let value_weight = unbiased(&attention.value)?;
-    let (output_weight, output_bias) = linear(&attention.output)?;
-    let (norm_2_gamma, norm_2_beta) = norm(mlp_norm)?;
-    let (inner_weight, inner_bias) = linear(&mlp.linear_inner)?;
-    let (outer_weight, outer_bias) = linear(&mlp.linear_outer)?;
-    Some(BlockParameters {
-        norm_1_gamma,
-        norm_1_beta,
-        query_weight,
-        key_weight,
-        value_weight,
-        output_weight,
-        output_bias,
-        norm_2_gamma,
-        norm_2_beta,
-        inner_weight,
-        inner_bias,
-        outer_weight,
-        outer_bias,
-    })
-}
-
-/// A pre-norm encoder block as one operation and its backward pass as another, on the host
-/// backends and compute servers: what a remote device ships instead of the block's fifty-odd
-/// operations (`block.rs`).
-#[backend_extension(
-    Flex: cfg(feature = "flex"),
-    NdArray: cfg(feature = "ndarray"),
-    Cube: cfg(all(feature = "wgpu", feature = "remote")),
-    Remote: cfg(feature = "remote"),
-    Autodiff,
-)]
-pub trait BlockOps: FusedOps + HostOps {
-    /// The block's output `[images * kept, dim]` for the tokens `x` `[images * tokens, dim]`
-    /// of `images` images, for the first `kept` tokens of each.
-    fn encoder_block(
-        x: FloatTensor<Self>,
-        #[extension_type] parameters: BlockParameters<Self>,
-        images: usize,
-        heads: usize,
-        kept: usize,
-        epsilon: f64,
-    ) -> FloatTensor<Self> {
-        let sizes = BlockSizes::new(images, heads, kept, epsilon);
-        block_forward::<Self>(x, parameters, sizes, false).0
-    }
-
-    /// [`BlockOps::encoder_block`]'s output and the activations its backward pass reads.
-    fn encoder_block_saving(
-        x: FloatTensor<Self>,
-        #[extension_type] parameters: BlockParameters<Self>,
-        images: usize,
-        heads: usize,
-        kept: usize,
-        epsilon: f64,
-    ) -> (FloatTensor<Self>, BlockActivations<Self>) {
-        let sizes = BlockSizes::new(images, heads, kept, epsilon);
-        let (output, activations) = block_forward::<Self>(x, parameters, sizes, true);
-        (output, activations.expect("asked for"))
-    }
-
-    /// The gradients of [`BlockOps::encoder_block`] for `x` and for each parameter, from the
-    /// activations it saved and the gradient of its output.
-    fn encoder_block_backward(
-        x: FloatTensor<Self>,
-        #[extension_type] parameters: BlockParameters<Self>,
-        #[extension_type] activations: BlockActivations<Self>,
-        grad: FloatTensor<Self>,
-        images: usize,
-        heads: usize,
-        kept: usize,
-        epsilon: f64,
-    ) -> (FloatTensor<Self>, BlockParameters<Self>) {
-        let sizes = BlockSizes::new(images, heads, kept, epsilon);
-        block_backward::<Self>(x, parameters, activations, grad, sizes)
-    }
-}
 
 /// What the block operation is run with besides its tensors.
 #[derive(Clone, Copy, Debug)]
@@ -319,7 +142,7 @@ pub(crate) fn forward_shapes(
 /// The block's forward pass from the backend's layer operations, in the order the layers run
 /// one by one (`attention.rs`, and the model's block): its output `[images * kept, dim]`, and
 /// with `saving` the activations its backward pass reads.
-pub(crate) fn block_forward<B: BlockOps>(
+pub(crate) fn block_forward<B: FusedOps + HostOps>(
     x: FloatTensor<B>,
     parameters: BlockParameters<B>,
     sizes: BlockSizes,
@@ -369,7 +192,7 @@ pub(crate) fn block_forward<B: BlockOps>(
 
 /// The gradients of [`block_forward`] for `x` and for each parameter, from the activations it
 /// saved and the gradient of its output.
-pub(crate) fn block_backward<B: BlockOps>(
+pub(crate) fn block_backward<B: FusedOps + HostOps>(
     x: FloatTensor<B>,
     parameters: BlockParameters<B>,
     activations: BlockActivations<B>,
@@ -438,7 +261,7 @@ fn query_scale(dim: usize, heads: usize) -> f32 {
 
 /// The projections' weight `[dim, 3 * dim]` from the query's (scaled), the key's and the
 /// value's, in head-lane order, as `attention.rs` makes it.
-fn projections<B: BlockOps>(
+fn projections<B: FusedOps + HostOps>(
     [query, key, value]: [FloatTensor<B>; 3],
     heads: usize,
 ) -> FloatTensor<B> {
@@ -450,7 +273,7 @@ fn projections<B: BlockOps>(
 
 /// The gradients of the query's (for its unscaled values), the key's and the value's weight
 /// `[dim, dim]` from that of [`projections`]' output.
-fn projection_gradients<B: BlockOps>(
+fn projection_gradients<B: FusedOps + HostOps>(
     d_weight: FloatTensor<B>,
     heads: usize,
 ) -> [FloatTensor<B>; 3] {
@@ -470,7 +293,7 @@ fn projection_gradients<B: BlockOps>(
 
 /// The rows of `weight` `[dim, columns]` in head-lane order, as `attention.rs`'s
 /// `rows_in_lanes`.
-fn rows_in_lanes<B: BlockOps>(
+fn rows_in_lanes<B: FusedOps + HostOps>(
     weight: FloatTensor<B>,
     heads: usize,
     head_dim: usize,
@@ -481,7 +304,7 @@ fn rows_in_lanes<B: BlockOps>(
 }
 
 /// The inverse of [`rows_in_lanes`].
-fn rows_in_usual_order<B: BlockOps>(
+fn rows_in_usual_order<B: FusedOps + HostOps>(
     weight: FloatTensor<B>,
     heads: usize,
     head_dim: usize,
@@ -491,7 +314,11 @@ fn rows_in_usual_order<B: BlockOps>(
 
 /// The rows of the first `kept` tokens of each of `images` images in `x` `[images * tokens,
 /// dim]`.
-fn first_tokens<B: BlockOps>(x: FloatTensor<B>, images: usize, kept: usize) -> FloatTensor<B> {
+fn first_tokens<B: FusedOps + HostOps>(
+    x: FloatTensor<B>,
+    images: usize,
+    kept: usize,
+) -> FloatTensor<B> {
     let [rows, dim] = x.shape().dims();
     let tokens = rows / images;
     if kept == tokens {
@@ -504,7 +331,7 @@ fn first_tokens<B: BlockOps>(x: FloatTensor<B>, images: usize, kept: usize) -> F
 
 /// The gradient of [`first_tokens`]: `grad` `[images * kept, dim]` in the rows of the first
 /// `kept` of `tokens` tokens of each image, zeros in the others.
-fn into_first_tokens<B: BlockOps>(
+fn into_first_tokens<B: FusedOps + HostOps>(
     grad: FloatTensor<B>,
     tokens: usize,
     kept: usize,
