@@ -54,8 +54,9 @@ pub fn encoder_block(
 }
 
 /// What [`encoder_block`] runs on a compute server, on any device whose backend has the host
-/// kernels (flex, ndarray) as well: for comparing it with the layers it stands for. Not
-/// measured to pay on those backends, where an operation costs no message.
+/// kernels (flex, ndarray) as well: for comparing it with the layers it stands for. Not used
+/// there: local flex trains the tutorial at the layers' speed with it (same history, measured
+/// in docs/benchmarks.md), an operation costing no message.
 pub fn encoder_block_as_one_operation(
     layers: &EncoderLayers<'_>,
     x: &Tensor<2>,
@@ -139,7 +140,7 @@ fn parameters(layers: &EncoderLayers<'_>, x: &Tensor<2>) -> Option<BlockParamete
 
 /// A pre-norm encoder block as one operation and its backward pass as another, on the host
 /// backends and compute servers: what a remote device ships instead of the block's fifty-odd
-/// operations (`block/`).
+/// operations.
 #[backend_extension(
     Flex: cfg(feature = "flex"),
     NdArray: cfg(feature = "ndarray"),
