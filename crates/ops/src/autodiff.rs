@@ -9,7 +9,7 @@ use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend};
 
-use crate::block::{BlockActivations, BlockOps, BlockParameters};
+use crate::block::{BlockActivations, BlockOps, BlockParameters, BlockSizes};
 use crate::extension::{FusedOps, HostOps};
 
 /// The backward step of a one-input operation that keeps one tensor of its forward pass (its
@@ -302,10 +302,7 @@ impl<B: BlockOps, C: CheckpointStrategy> BlockOps for Autodiff<B, C> {
     fn encoder_block(
         x: FloatTensor<Self>,
         parameters: BlockParameters<Self>,
-        images: usize,
-        heads: usize,
-        kept: usize,
-        epsilon: f64,
+        sizes: BlockSizes,
     ) -> FloatTensor<Self> {
         /// One node for the whole block: its parents are the input's node, then the
         /// parameters' in [`BlockParameters`]' order.
@@ -315,14 +312,12 @@ impl<B: BlockOps, C: CheckpointStrategy> BlockOps for Autodiff<B, C> {
         const PARENTS: usize = 1 + BlockParameters::<burn::backend::Dispatch>::LEN;
 
         impl<B: BlockOps> Backward<B, PARENTS> for EncoderBlockBackward {
-            /// The input, the parameters, the saved activations, and images, heads, kept
-            /// tokens and epsilon.
+            /// The input, the parameters, the saved activations, and the sizes.
             type State = (
                 FloatTensor<B>,
                 Vec<FloatTensor<B>>,
                 Vec<FloatTensor<B>>,
-                [usize; 3],
-                f64,
+                BlockSizes,
             );
 
             fn backward(
@@ -332,16 +327,13 @@ impl<B: BlockOps, C: CheckpointStrategy> BlockOps for Autodiff<B, C> {
                 _checkpointer: &mut Checkpointer,
             ) {
                 let grad = grads.consume::<B>(&ops.node);
-                let (x, parameters, activations, [images, heads, kept], epsilon) = ops.state;
+                let (x, parameters, activations, sizes) = ops.state;
                 let (grad_x, grad_parameters) = B::encoder_block_backward(
                     x,
                     BlockParameters::from_vec(parameters),
                     BlockActivations::from_vec(activations),
                     grad,
-                    images,
-                    heads,
-                    kept,
-                    epsilon,
+                    sizes,
                 );
                 let gradients = std::iter::once(grad_x).chain(grad_parameters.into_vec());
                 for (node, gradient) in ops.parents.into_iter().zip(gradients) {
@@ -373,20 +365,13 @@ impl<B: BlockOps, C: CheckpointStrategy> BlockOps for Autodiff<B, C> {
                 let (output, activations) = B::encoder_block_saving(
                     x.clone(),
                     BlockParameters::from_vec(parameters.clone()),
-                    images,
-                    heads,
-                    kept,
-                    epsilon,
+                    sizes,
                 );
-                let sizes = [images, heads, kept];
-                let state = (x, parameters, activations.into_vec(), sizes, epsilon);
-                prep.finish(state, output)
+                prep.finish((x, parameters, activations.into_vec(), sizes), output)
             }
             OpsKind::UnTracked(prep) => {
                 let parameters = BlockParameters::from_vec(parameters);
-                prep.finish(B::encoder_block(
-                    x, parameters, images, heads, kept, epsilon,
-                ))
+                prep.finish(B::encoder_block(x, parameters, sizes))
             }
         }
     }

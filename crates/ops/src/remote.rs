@@ -282,25 +282,16 @@ impl BlockOps for Remote {
     fn encoder_block(
         x: FloatTensor<Self>,
         parameters: BlockParameters<Self>,
-        images: usize,
-        heads: usize,
-        kept: usize,
-        epsilon: f64,
+        sizes: BlockSizes,
     ) -> FloatTensor<Self> {
-        let sizes = BlockSizes::new(images, heads, kept, epsilon);
-        let mut outputs = block_on_server(x, parameters, sizes, false);
-        outputs.remove(0)
+        block_on_server(x, parameters, sizes, false).remove(0)
     }
 
     fn encoder_block_saving(
         x: FloatTensor<Self>,
         parameters: BlockParameters<Self>,
-        images: usize,
-        heads: usize,
-        kept: usize,
-        epsilon: f64,
+        sizes: BlockSizes,
     ) -> (FloatTensor<Self>, BlockActivations<Self>) {
-        let sizes = BlockSizes::new(images, heads, kept, epsilon);
         let mut outputs = block_on_server(x, parameters, sizes, true);
         let activations = BlockActivations::from_vec(outputs.split_off(1));
         (outputs.remove(0), activations)
@@ -311,12 +302,8 @@ impl BlockOps for Remote {
         parameters: BlockParameters<Self>,
         activations: BlockActivations<Self>,
         grad: FloatTensor<Self>,
-        images: usize,
-        heads: usize,
-        kept: usize,
-        epsilon: f64,
+        sizes: BlockSizes,
     ) -> (FloatTensor<Self>, BlockParameters<Self>) {
-        let sizes = BlockSizes::new(images, heads, kept, epsilon);
         let parameters = parameters.into_vec();
         let shapes = std::iter::once(&x)
             .chain(&parameters)
@@ -357,8 +344,12 @@ fn block_scalars(sizes: BlockSizes) -> Vec<ScalarIr> {
 }
 
 fn block_sizes(scalars: &[ScalarIr]) -> BlockSizes {
-    let (images, heads, kept) = (size(scalars, 0), size(scalars, 1), size(scalars, 2));
-    BlockSizes::new(images, heads, kept, float(scalars, 3))
+    BlockSizes {
+        images: size(scalars, 0),
+        heads: size(scalars, 1),
+        kept: size(scalars, 2),
+        epsilon: float(scalars, 3),
+    }
 }
 
 /// `step` as the scalars of [`ADAM_UPDATE`]; [`adam_step`] reads them back.
@@ -446,25 +437,20 @@ fn handler<B: BackendIr, const I: usize, const O: usize>(
     run: fn([FloatTensor<B>; I], &[ScalarIr]) -> [FloatTensor<B>; O],
 ) -> impl Fn(&mut HandleContainer<B::Handle>, &CustomOpIr, &B::Device) + Send + Sync + 'static {
     move |handles, op, _device| {
-        let (inputs, outputs) = op.as_fixed::<I, O>();
-        let inputs = inputs
-            .each_ref()
-            .map(|input| handles.get_float_tensor::<B>(input));
-        for (output, tensor) in outputs.iter().zip(run(inputs, &op.scalars)) {
-            handles.register_float_tensor::<B>(&output.id, tensor);
-        }
+        let Ok(inputs) = float_inputs::<B>(handles, op).try_into() else {
+            panic!("`{}` takes {I} inputs", op.id)
+        };
+        register_outputs::<B>(handles, op, run(inputs, &op.scalars).into());
     }
 }
 
-/// The float tensors an operation of any number of inputs reads.
+/// The float tensors `op` reads, in order.
 fn float_inputs<B: BackendIr>(
     handles: &mut HandleContainer<B::Handle>,
     op: &CustomOpIr,
 ) -> Vec<FloatTensor<B>> {
-    let inputs = op.inputs.iter();
-    inputs
-        .map(|input| handles.get_float_tensor::<B>(input))
-        .collect()
+    let read = |input| handles.get_float_tensor::<B>(input);
+    op.inputs.iter().map(read).collect()
 }
 
 /// Registers `tensors` under the ids of `op`'s outputs.
@@ -571,19 +557,11 @@ fn handlers<B: BlockOps + AdamOps + BackendIr>(server: RemoteServer) -> RemoteSe
             let mut inputs = float_inputs::<B>(handles, op);
             let parameters = BlockParameters::from_vec(inputs.split_off(1));
             let x = inputs.remove(0);
-            let BlockSizes {
-                images,
-                heads,
-                kept,
-                epsilon,
-            } = block_sizes(&op.scalars);
+            let sizes = block_sizes(&op.scalars);
             let outputs = if op.outputs.len() == 1 {
-                vec![B::encoder_block(
-                    x, parameters, images, heads, kept, epsilon,
-                )]
+                vec![B::encoder_block(x, parameters, sizes)]
             } else {
-                let (output, activations) =
-                    B::encoder_block_saving(x, parameters, images, heads, kept, epsilon);
+                let (output, activations) = B::encoder_block_saving(x, parameters, sizes);
                 std::iter::once(output)
                     .chain(activations.into_vec())
                     .collect()
@@ -597,22 +575,9 @@ fn handlers<B: BlockOps + AdamOps + BackendIr>(server: RemoteServer) -> RemoteSe
                 BlockActivations::from_vec(inputs.split_off(1 + BlockParameters::<B>::LEN));
             let parameters = BlockParameters::from_vec(inputs.split_off(1));
             let x = inputs.remove(0);
-            let BlockSizes {
-                images,
-                heads,
-                kept,
-                epsilon,
-            } = block_sizes(&op.scalars);
-            let (grad_x, gradients) = B::encoder_block_backward(
-                x,
-                parameters,
-                activations,
-                grad,
-                images,
-                heads,
-                kept,
-                epsilon,
-            );
+            let sizes = block_sizes(&op.scalars);
+            let (grad_x, gradients) =
+                B::encoder_block_backward(x, parameters, activations, grad, sizes);
             let outputs = std::iter::once(grad_x)
                 .chain(gradients.into_vec())
                 .collect();

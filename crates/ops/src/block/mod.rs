@@ -19,10 +19,9 @@ use crate::extension::{FusedOps, HostOps};
 use crate::host::attention::supported;
 use crate::route::Route;
 
-pub(crate) use passes::BlockSizes;
 #[cfg(feature = "remote")]
 pub(crate) use passes::forward_shapes;
-pub use passes::{BlockActivations, BlockParameters};
+pub use passes::{BlockActivations, BlockParameters, BlockSizes};
 use passes::{block_backward, block_forward};
 
 /// The layers of a pre-norm encoder block: `x + attention(norm(x))`, then `x + mlp(norm(x))`,
@@ -50,7 +49,7 @@ pub fn encoder_block(
     if Route::of_tensor(x) != Route::Remote {
         return None;
     }
-    encoder_block_as_one_operation(layers, x, images, kept, epsilon)
+    one_operation(layers, x, images, kept, epsilon)
 }
 
 /// What [`encoder_block`] runs on a compute server, on any device whose backend has the host
@@ -67,15 +66,26 @@ pub fn encoder_block_as_one_operation(
     if !Route::of_tensor(x).runs_host_kernels() {
         return None;
     }
+    one_operation(layers, x, images, kept, epsilon)
+}
+
+/// The block operation on `x`, where it covers `layers`.
+fn one_operation(
+    layers: &EncoderLayers<'_>,
+    x: &Tensor<2>,
+    images: usize,
+    kept: usize,
+    epsilon: f64,
+) -> Option<Tensor<2>> {
     let parameters = parameters(layers, x)?;
-    let output = <Dispatch as BlockOps>::encoder_block(
-        x.clone().into_dispatch(),
-        parameters,
+    let sizes = BlockSizes {
         images,
-        layers.attention.n_heads,
+        heads: layers.attention.n_heads,
         kept,
         epsilon,
-    );
+    };
+    let output =
+        <Dispatch as BlockOps>::encoder_block(x.clone().into_dispatch(), parameters, sizes);
     Some(Tensor::from_dispatch(output))
 }
 
@@ -149,17 +159,12 @@ fn parameters(layers: &EncoderLayers<'_>, x: &Tensor<2>) -> Option<BlockParamete
     Autodiff,
 )]
 pub trait BlockOps: FusedOps + HostOps {
-    /// The block's output `[images * kept, dim]` for the tokens `x` `[images * tokens, dim]`
-    /// of `images` images, for the first `kept` tokens of each.
+    /// The block's output `[images * kept, dim]` for the tokens `x` `[images * tokens, dim]`.
     fn encoder_block(
         x: FloatTensor<Self>,
         #[extension_type] parameters: BlockParameters<Self>,
-        images: usize,
-        heads: usize,
-        kept: usize,
-        epsilon: f64,
+        sizes: BlockSizes,
     ) -> FloatTensor<Self> {
-        let sizes = BlockSizes::new(images, heads, kept, epsilon);
         block_forward::<Self>(x, parameters, sizes, false).0
     }
 
@@ -167,12 +172,8 @@ pub trait BlockOps: FusedOps + HostOps {
     fn encoder_block_saving(
         x: FloatTensor<Self>,
         #[extension_type] parameters: BlockParameters<Self>,
-        images: usize,
-        heads: usize,
-        kept: usize,
-        epsilon: f64,
+        sizes: BlockSizes,
     ) -> (FloatTensor<Self>, BlockActivations<Self>) {
-        let sizes = BlockSizes::new(images, heads, kept, epsilon);
         let (output, activations) = block_forward::<Self>(x, parameters, sizes, true);
         (output, activations.expect("asked for"))
     }
@@ -184,12 +185,8 @@ pub trait BlockOps: FusedOps + HostOps {
         #[extension_type] parameters: BlockParameters<Self>,
         #[extension_type] activations: BlockActivations<Self>,
         grad: FloatTensor<Self>,
-        images: usize,
-        heads: usize,
-        kept: usize,
-        epsilon: f64,
+        sizes: BlockSizes,
     ) -> (FloatTensor<Self>, BlockParameters<Self>) {
-        let sizes = BlockSizes::new(images, heads, kept, epsilon);
         block_backward::<Self>(x, parameters, activations, grad, sizes)
     }
 }

@@ -10,24 +10,14 @@ use burn::tensor::Slice;
 
 use crate::extension::{FusedOps, HostOps};
 
-/// What the block operation is run with besides its tensors.
+/// What the block operation is run with besides its tensors: the images the tokens belong to,
+/// the attention's heads, the tokens kept of each image, and LayerNorm's epsilon.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct BlockSizes {
-    pub(crate) images: usize,
-    pub(crate) heads: usize,
-    pub(crate) kept: usize,
-    pub(crate) epsilon: f64,
-}
-
-impl BlockSizes {
-    pub(crate) fn new(images: usize, heads: usize, kept: usize, epsilon: f64) -> Self {
-        Self {
-            images,
-            heads,
-            kept,
-            epsilon,
-        }
-    }
+pub struct BlockSizes {
+    pub images: usize,
+    pub heads: usize,
+    pub kept: usize,
+    pub epsilon: f64,
 }
 
 /// A struct of float tensors that crosses Burn's dispatch (`ExtensionType`), with its fields
