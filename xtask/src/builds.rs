@@ -92,20 +92,9 @@ pub fn bench_build(name: &str) -> Result<Command, String> {
 /// comes from the bench's own build, `--no-run`, whose JSON messages name it.
 pub fn test_build_trainer(args: &[String]) -> Result<Command, String> {
     let mut build = bench_build("backends")?;
-    build.args([
-        "--no-run",
-        "--locked",
-        "--message-format",
-        "json-render-diagnostics",
-    ]);
-    build.stderr(std::process::Stdio::inherit());
-    let output = build
-        .output()
-        .map_err(|error| format!("cannot run {:?}: {error}", build.get_program()))?;
-    if !output.status.success() {
-        return Err(format!("the trainer's build failed ({})", output.status));
-    }
-    let binary = trainer_executable(&String::from_utf8_lossy(&output.stdout))
+    build.arg("--locked");
+    let messages = build_messages(&mut build, "the trainer's build")?;
+    let binary = trainer_executable(&messages)
         .ok_or("the trainer's build names no vit-trainer binary in its messages")?;
     let mut trainer = Command::new(binary);
     trainer.args(args);
@@ -115,6 +104,20 @@ pub fn test_build_trainer(args: &[String]) -> Result<Command, String> {
             .filter_map(|(key, value)| Some((key, value?))),
     );
     Ok(trainer)
+}
+
+/// Runs `build` (a `cargo test` or `cargo bench`) with `--no-run`, its diagnostics on the
+/// terminal, and returns cargo's JSON messages; `what` names it in the error if it fails.
+pub fn build_messages(build: &mut Command, what: &str) -> Result<String, String> {
+    build.args(["--no-run", "--message-format", "json-render-diagnostics"]);
+    build.stderr(std::process::Stdio::inherit());
+    let output = build
+        .output()
+        .map_err(|error| format!("cannot run {:?}: {error}", build.get_program()))?;
+    if !output.status.success() {
+        return Err(format!("{what} failed ({})", output.status));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// The `vit-trainer` binary's path in cargo's JSON messages (one JSON object per line).

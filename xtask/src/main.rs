@@ -8,6 +8,7 @@ mod backend;
 mod builds;
 mod gpu_check;
 mod setup;
+mod testing;
 mod web;
 
 use std::path::Path;
@@ -251,13 +252,28 @@ fn test(args: &[String]) -> Result<ExitCode, String> {
     if backends.is_empty() {
         backends = BACKENDS.iter().map(ToString::to_string).collect();
     }
-    let mut cargo = cargo(&["test", "--workspace", "--locked"]);
-    cargo.args(["--features", &test_build_features(&backends)]);
-    cargo.args(&cargo_args);
-    for backend in &backends {
-        prepare(backend, &mut cargo)?;
+    let split = cargo_args.iter().position(|arg| arg == "--");
+    let (cargo_part, binary_args) = match split {
+        Some(at) => (&cargo_args[..at], &cargo_args[at + 1..]),
+        None => (&cargo_args[..], &[][..]),
+    };
+    let test_build = |cargo_args: &[String]| -> Result<Command, String> {
+        let mut cargo = cargo(&["test", "--workspace", "--locked"]);
+        cargo.args(["--features", &test_build_features(&backends)]);
+        cargo.args(cargo_args);
+        for backend in &backends {
+            prepare(backend, &mut cargo)?;
+        }
+        Ok(cargo)
+    };
+    if !testing::runs_side_by_side(cargo_part) {
+        return exit_code(&mut test_build(&cargo_args)?);
     }
-    exit_code(&mut cargo)
+    testing::run_side_by_side(
+        test_build(cargo_part)?,
+        binary_args,
+        test_build(cargo_part)?,
+    )
 }
 
 /// A script of `tools/` with the Python that `setup --backend tch` prepared (torch, onnx,

@@ -15,8 +15,8 @@
 //! never did.
 use std::sync::{Arc, Barrier};
 
-use burn::server::{RemoteServer, WebSocketTransport};
 use burn::tensor::{Device, Tensor};
+use vit_trainer::commands::compute_server;
 
 fn main() {
     let copy = std::env::args().any(|arg| arg == "--copy");
@@ -58,19 +58,9 @@ fn main() {
     println!("{rounds} rounds, the server never lost {shared} tensor");
 }
 
-/// A remote device on a compute server for `device`, served from a thread of this process.
+/// A remote device on a compute server for `device`, served from a thread of this process
+/// (Burn's `RemoteServer` on a loopback WebSocket; the trainer's own instance of it, which
+/// also carries the model's layer operations, unused here).
 fn served(device: Device) -> Device {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    let url = format!("ws://{}", listener.local_addr().expect("its address"));
-    let server = RemoteServer::new([device]);
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-        runtime
-            .block_on(server.serve_async(WebSocketTransport::from_listener(listener)))
-            .expect("the server");
-    });
-    let host = burn::remote::RemoteHost::websocket(&url);
-    Device::remote_options(&host)
-        .init()
-        .expect("the remote device")
+    compute_server::in_this_process(&device).expect("a compute server in this process")
 }

@@ -11,25 +11,15 @@ use burn::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::nn::transformer::{PositionWiseFeedForward, PositionWiseFeedForwardConfig};
 use burn::nn::{DropoutConfig, LayerNorm, LayerNormConfig};
 use burn::optim::Optimizer;
-use burn::server::{RemoteServer, WebSocketTransport};
 use burn::tensor::{Device, Distribution, Gradients, Tensor};
 use vit_ops::functional::{layer_norm, linear};
 use vit_ops::{Adam, AdamSettings, WeightDecay, gelu, softmax};
+use vit_trainer::commands::compute_server;
 
 /// A remote device on a compute server for `device` with the layer operations, served from a
 /// thread of this process until it exits.
 fn served(device: &Device) -> Device {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
-    let server = vit_ops::remote::with_layer_ops(RemoteServer::new([device.clone()]), device);
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime
-            .block_on(server.serve_async(WebSocketTransport::from_listener(listener)))
-            .unwrap();
-    });
-    let host = burn::remote::RemoteHost::websocket(&url);
-    Device::remote_options(&host).init().unwrap()
+    compute_server::in_this_process(device).unwrap()
 }
 
 /// The backends a server of this build may host, each with the relative tolerance between a

@@ -69,6 +69,39 @@ pub fn exec(args: Args, device: Device, token_file: Option<&Path>) -> anyhow::Re
     Ok(())
 }
 
+/// A compute server for `device`, with the layer operations as `exec` serves them, on a
+/// loopback port and a thread of this process for as long as the process runs, and the remote
+/// device that reaches it: for tests and reproductions that need a server but no process of its
+/// own. Burn's server is generic over its backend, and a test or example that started one
+/// itself would compile all of it again (about two CPU-minutes each, at this profile's level);
+/// this compiled instance is shared.
+#[cfg(feature = "remote")]
+pub fn in_this_process(device: &Device) -> anyhow::Result<Device> {
+    use burn::remote::RemoteHost;
+    use burn::server::{RemoteServer, WebSocketTransport};
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("cannot listen on loopback")?;
+    let url = format!(
+        "ws://{}",
+        listener
+            .local_addr()
+            .context("the listener has no address")?
+    );
+    let server = vit_ops::remote::with_layer_ops(RemoteServer::new([device.clone()]), device);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the server's runtime")?;
+    let serving = url.clone();
+    std::thread::spawn(move || {
+        let served =
+            runtime.block_on(server.serve_async(WebSocketTransport::from_listener(listener)));
+        if let Err(error) = served {
+            eprintln!("the compute server on {serving} stopped: {error}");
+        }
+    });
+    Device::remote_options(&RemoteHost::websocket(&url))
+        .init()
+        .map_err(|error| anyhow::anyhow!("cannot open a session on {url}: {error:?}"))
+}
+
 /// A WebSocket transport listening on `addr`, and its `ws://` address.
 #[cfg(feature = "remote")]
 fn websocket(addr: SocketAddr) -> anyhow::Result<(burn::server::Transport, String)> {

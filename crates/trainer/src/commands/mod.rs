@@ -3,7 +3,7 @@
 
 mod args;
 mod augment_preview;
-mod compute_server;
+pub mod compute_server;
 mod eval;
 pub(crate) mod explain;
 mod export;
