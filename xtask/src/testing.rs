@@ -119,6 +119,7 @@ pub fn run_side_by_side(
             }
         })
         .collect();
+    let binaries = jobs.len();
     doc.arg("--doc");
     if !binary_args.is_empty() {
         doc.arg("--").args(binary_args);
@@ -133,7 +134,7 @@ pub fn run_side_by_side(
     );
     let count = jobs.len();
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    println!("running {count} test binaries and the doc tests, {cores} at a time");
+    println!("running {binaries} test binaries and the doc tests, {cores} at a time");
     let started = Instant::now();
     let queue = Mutex::new(jobs);
     let failed = Mutex::new(Vec::new());
@@ -157,11 +158,11 @@ pub fn run_side_by_side(
     let failed = failed.into_inner().expect("the failures");
     let seconds = started.elapsed().as_secs_f64();
     if failed.is_empty() {
-        println!("all {count} passed in {seconds:.0} s");
+        println!("{binaries} test binaries and the doc tests passed in {seconds:.0} s");
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{} of {count} failed in {seconds:.0} s: {}",
+        "{} of {count} runs failed in {seconds:.0} s: {}",
         failed.len(),
         failed.join(", ")
     );
