@@ -99,7 +99,7 @@ pub fn in_this_process(device: &Device) -> anyhow::Result<Device> {
     });
     Device::remote_options(&RemoteHost::websocket(&url))
         .init()
-        .map_err(|error| anyhow::anyhow!("cannot open a session on {url}: {error:?}"))
+        .map_err(|error| anyhow::anyhow!("cannot open a session on {url}: {error}"))
 }
 
 /// A WebSocket transport listening on `addr`, and its `ws://` address.
