@@ -78,22 +78,13 @@ pub fn exec(args: Args, device: Device, token_file: Option<&Path>) -> anyhow::Re
 #[cfg(feature = "remote")]
 pub fn in_this_process(device: &Device) -> anyhow::Result<Device> {
     use burn::remote::RemoteHost;
-    use burn::server::{RemoteServer, WebSocketTransport};
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").context("cannot listen on loopback")?;
-    let url = format!(
-        "ws://{}",
-        listener
-            .local_addr()
-            .context("the listener has no address")?
-    );
+    use burn::server::RemoteServer;
+    let (transport, url) = websocket(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let server = vit_ops::remote::with_layer_ops(RemoteServer::new([device.clone()]), device);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the server's runtime")?;
     let serving = url.clone();
     std::thread::spawn(move || {
-        let served =
-            runtime.block_on(server.serve_async(WebSocketTransport::from_listener(listener)));
-        if let Err(error) = served {
+        if let Err(error) = runtime.block_on(server.serve_async(transport)) {
             eprintln!("the compute server on {serving} stopped: {error}");
         }
     });
